@@ -1,0 +1,101 @@
+"""The `costsplit` command: a thin shell over the library.
+
+Each command parses its options, calls one library function and prints. Imports happen inside
+the commands, so `costsplit spend` does not pay for the simulator or the scheduler.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from costsplit.errors import CostsplitError
+
+
+def config_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE``: the settings file (else COSTSPLIT_CONFIG, else config/costsplit.toml)."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Settings file (default: $COSTSPLIT_CONFIG, then config/costsplit.toml).",
+    )(command)
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json``: print machine-readable JSON instead of a table."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(command)
+
+
+def month_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--month YYYY-MM``: a calendar month in the reporting timezone."""
+    return click.option("--month", metavar="YYYY-MM", default=None, help="Calendar month.")(command)
+
+
+def load(config_path: str | None):
+    """The settings for a command (environment over file over default)."""
+    from costsplit.config import load_settings
+
+    return load_settings(config_path)
+
+
+class _Group(click.Group):
+    """Prints a CostsplitError as one line (exit 1) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CostsplitError as exc:
+            click.echo(f"costsplit: error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="costsplit")
+def main() -> None:
+    """costsplit: what your Model Studio calls cost, split by workspace and scenario."""
+
+
+def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    return main.command(*args, **kwargs)
+
+
+
+
+# --- foundation: fingerprint, ingest ---------------------------------------------------------
+
+
+@command()
+@click.argument("env_var", required=False)
+def fingerprint(env_var: str | None) -> None:
+    """Print the fingerprint of an API key, for the workspace mapping in the config.
+
+    The key is read from the environment variable ENV_VAR (default DASHSCOPE_API_KEY) or, with
+    no such variable set, from standard input. The key itself is never printed or stored.
+
+    Example: costsplit fingerprint SUPPORT_BOT_KEY
+    """
+    import os
+
+    from costsplit.events import fingerprint_key, key_hint
+
+    name = env_var or "DASHSCOPE_API_KEY"
+    key = os.environ.get(name) or sys.stdin.readline()
+    if not key.strip():
+        raise click.UsageError(f"no key in ${name} or on standard input")
+    click.echo(f"{fingerprint_key(key)}  {key_hint(key)}")
+
+
+# --- store: ingest ----------------------------------------------------------------------------
+
+# --- simulator: simulate ----------------------------------------------------------------------
+
+# --- rollup: rollup, reprice, close, spend ----------------------------------------------------
+
+# --- reports: report, scheduler, demo ---------------------------------------------------------
+
+# --- proxy: proxy ----------------------------------------------------------------------------

@@ -1,0 +1,165 @@
+"""The usage event: one immutable record per model call attempt.
+
+An event holds what was observed where the call happened — never an API key (a fingerprint and
+a last-4 hint only) and never prompt or completion text. Workspace, scenario defaults and prices
+are resolved later, at rollup, so a corrected mapping re-derives history.
+
+``COLUMNS`` is the single source of the schema: the spool writes these keys as one JSON line,
+ingest reads them with these DuckDB types, and migration ``m001_events`` creates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+API_STYLES = ("openai-compatible", "dashscope")
+ENDPOINTS = ("chat", "multimodal", "embedding", "other")
+OUTCOMES = ("ok", "http_error", "network_error", "interrupted", "denied", "denied_local")
+USAGE_SOURCES = ("reported", "estimated", "missing")
+
+# name -> DuckDB type, in table order.
+COLUMNS: dict[str, str] = {
+    "event_id": "VARCHAR",
+    "schema_version": "SMALLINT",
+    "started_at": "TIMESTAMPTZ",
+    "latency_us": "BIGINT",
+    "first_byte_us": "BIGINT",
+    "recorder": "VARCHAR",
+    "api_style": "VARCHAR",
+    "endpoint": "VARCHAR",
+    "host": "VARCHAR",
+    "region": "VARCHAR",
+    "key_fingerprint": "VARCHAR",
+    "key_hint": "VARCHAR",
+    "workspace_observed": "VARCHAR",
+    "scenario": "VARCHAR",
+    "tags": "MAP(VARCHAR, VARCHAR)",
+    "model_requested": "VARCHAR",
+    "model_returned": "VARCHAR",
+    "request_id": "VARCHAR",
+    "streamed": "BOOLEAN",
+    "batch": "BOOLEAN",
+    "billing_plan": "VARCHAR",
+    "outcome": "VARCHAR",
+    "http_status": "SMALLINT",
+    "error_code": "VARCHAR",
+    "usage_source": "VARCHAR",
+    "input_tokens": "BIGINT",
+    "output_tokens": "BIGINT",
+    "total_tokens": "BIGINT",
+    "cached_tokens": "BIGINT",
+    "cache_creation_tokens": "BIGINT",
+    "reasoning_tokens": "BIGINT",
+    "image_tokens": "BIGINT",
+    "audio_tokens": "BIGINT",
+    "video_tokens": "BIGINT",
+    "audio_output_tokens": "BIGINT",
+    "image_count": "BIGINT",
+    "plugins": "MAP(VARCHAR, BIGINT)",
+}
+
+TOKEN_COLUMNS = (
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "cache_creation_tokens",
+    "reasoning_tokens",
+    "image_tokens",
+    "audio_tokens",
+    "video_tokens",
+    "audio_output_tokens",
+    "image_count",
+)
+
+
+@dataclasses.dataclass(slots=True, kw_only=True)
+class UsageEvent:
+    """One model call attempt, as observed by a recorder (the client or the proxy).
+
+    Token counts are normalised per the reference (§5): ``cached_tokens``,
+    ``cache_creation_tokens`` and the modality counts are subsets of ``input_tokens``;
+    ``reasoning_tokens`` and ``audio_output_tokens`` are subsets of ``output_tokens``.
+    They are stored beside the totals, never added on top.
+    """
+
+    event_id: str = dataclasses.field(default_factory=lambda: new_event_id())
+    schema_version: int = SCHEMA_VERSION
+    started_at: str = ""  # ISO 8601 UTC with microseconds, e.g. 2026-10-01T04:00:00.000001Z
+    latency_us: int = 0
+    first_byte_us: int | None = None
+    recorder: str = "client"  # client | proxy
+    api_style: str = "openai-compatible"
+    endpoint: str = "chat"
+    host: str = ""
+    region: str = ""
+    key_fingerprint: str = ""
+    key_hint: str = ""
+    workspace_observed: str = ""
+    scenario: str | None = None
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    model_requested: str = ""
+    model_returned: str = ""
+    request_id: str = ""
+    streamed: bool = False
+    batch: bool = False
+    billing_plan: str = "payg"  # payg | plan (Token/Coding plan keys and hosts)
+    outcome: str = "ok"
+    http_status: int | None = None
+    error_code: str = ""
+    usage_source: str = "missing"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    image_tokens: int = 0
+    audio_tokens: int = 0
+    video_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_count: int = 0
+    plugins: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def to_json_line(self) -> bytes:
+        """The event as one newline-terminated JSON line, keys in ``COLUMNS`` order."""
+        return orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def new_event_id() -> str:
+    """A UUIDv7 string: unique, and ordered by creation time (RFC 9562 §5.7)."""
+    unix_ms = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76  # version 7
+    value |= ((rand >> 64) & 0x0FFF) << 64  # rand_a, 12 bits
+    value |= 0b10 << 62  # variant
+    value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # rand_b, 62 bits
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def fingerprint_key(api_key: str) -> str:
+    """A stable, non-reversible fingerprint of an API key: ``sha256:`` and 16 hex digits."""
+    digest = hashlib.sha256(api_key.strip().encode()).hexdigest()
+    return f"sha256:{digest[:16]}"
+
+
+def key_hint(api_key: str) -> str:
+    """The last four characters of a key, enough for a person to recognise it."""
+    key = api_key.strip()
+    return f"…{key[-4:]}" if len(key) >= 8 else ""
+
+
+def utc_timestamp(unix_seconds: float | None = None) -> str:
+    """ISO 8601 UTC with microseconds for ``started_at`` (now when no time is given)."""
+    moment = datetime.now(UTC) if unix_seconds is None else datetime.fromtimestamp(unix_seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

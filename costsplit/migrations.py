@@ -1,0 +1,46 @@
+"""The database schema, as numbered migrations applied in order.
+
+Each migration runs in its own transaction together with its row in ``_migrations``, so a
+crash leaves the schema either before or after it. A shipped migration is never edited: a
+change of schema is a new function appended to ``MIGRATIONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+from costsplit.events import COLUMNS
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def m001_events(con: duckdb.DuckDBPyConnection) -> None:
+    """Usage events as recorded: one immutable row per model call attempt."""
+    columns = ",\n    ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+    con.execute(f"CREATE TABLE events (\n    {columns}\n)")
+    con.execute("CREATE TABLE ingest_log (ingested_at TIMESTAMPTZ, ingested BIGINT, duplicates BIGINT, rejected BIGINT)")
+
+
+MIGRATIONS: list[Migration] = [m001_events]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the migrations this database lacks; return their names."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.__name__ in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            migration(con)
+            con.execute("INSERT INTO _migrations VALUES (?, now())", [migration.__name__])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(migration.__name__)
+    return applied
