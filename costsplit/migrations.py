@@ -23,7 +23,16 @@ def m001_events(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE TABLE ingest_log (ingested_at TIMESTAMPTZ, ingested BIGINT, duplicates BIGINT, rejected BIGINT)")
 
 
-MIGRATIONS: list[Migration] = [m001_events]
+def m002_events_ingested_at(con: duckdb.DuckDBPyConnection) -> None:
+    """When each event reached the database, so a rollup recomputes only days with new events.
+
+    Filled by its default: ingest inserts with a column list or ``INSERT … BY NAME`` and leaves
+    it out (it is not part of the spool line, so not in ``COLUMNS``).
+    """
+    con.execute("ALTER TABLE events ADD COLUMN ingested_at TIMESTAMPTZ DEFAULT current_timestamp")
+
+
+MIGRATIONS: list[Migration] = [m001_events, m002_events_ingested_at]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
