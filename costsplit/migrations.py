@@ -32,7 +32,18 @@ def m002_events_ingested_at(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE events ADD COLUMN ingested_at TIMESTAMPTZ DEFAULT current_timestamp")
 
 
-MIGRATIONS: list[Migration] = [m001_events, m002_events_ingested_at]
+def m003_spool_offsets(con: duckdb.DuckDBPyConnection) -> None:
+    """How far ingest has read each spool segment, committed with the rows it inserted.
+
+    Also counts quarantined torn lines in ``ingest_log`` beside the rejected ones.
+    """
+    con.execute(
+        "CREATE TABLE spool_offsets (segment VARCHAR, byte_offset BIGINT, updated_at TIMESTAMPTZ)"
+    )
+    con.execute("ALTER TABLE ingest_log ADD COLUMN quarantined BIGINT DEFAULT 0")
+
+
+MIGRATIONS: list[Migration] = [m001_events, m002_events_ingested_at, m003_spool_offsets]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
