@@ -1,0 +1,497 @@
+"""Usage as Model Studio reports it, normalised into the usage event's token fields.
+
+Pure functions over bytes and dicts, no I/O, never raising on malformed input: a body or a
+stream that is not what we expect yields "no usage", never an exception.
+
+Normalisation follows the reference rules for both API styles (OpenAI-compatible and native
+DashScope):
+
+- ``input_tokens`` is ``prompt_tokens`` or ``input_tokens``; ``output_tokens`` is
+  ``completion_tokens`` or ``output_tokens``; ``total_tokens`` is as reported, or
+  input + output when absent (native VL omits it). A reported total below input + output is
+  raised to input + output, so a stored event is always consistent.
+- Subsets are stored beside their totals, never added on top: cached and cache-creation
+  tokens and image/audio/video tokens are inside ``input_tokens``; reasoning and audio-output
+  tokens are inside ``output_tokens``. A subset larger than its total is clamped to it.
+- Cached tokens are looked for in all three places, first found wins:
+  ``prompt_tokens_details.cached_tokens``, ``input_tokens_details.cached_tokens``,
+  ``usage.cached_tokens`` (VL models in Singapore, qwen3-vl in Beijing).
+- Embeddings report only ``total_tokens`` (native) or ``prompt_tokens == total_tokens``
+  (compatible); the tokens are input tokens.
+- ``usage.plugins.<name>.count`` becomes ``plugins[name] = count``; ``image_count`` is kept.
+
+Streams are parsed late: a recorder keeps the bytes (a bounded tail, see ``StreamTail``) and
+calls ``parse_stream`` once at the end, which reads events backwards from the end and stops as
+soon as it has the usage (performance: parsing every chunk as it arrives costs about 8×).
+Both framings are read line by line: compatible ``data: {...}`` … ``data: [DONE]``; native
+``id:`` / ``event:`` / ``:HTTP_STATUS/200`` / ``data:{...}`` with no space and sometimes no blank
+line between events. A spec-faithful SSE decoder (httpx-sse's, private in that package) joins
+consecutive ``data:`` lines of one event with a newline, which breaks the native captures that
+have no blank line between events; the official DashScope SDK treats every ``data:`` line as
+one event, and so does this module (about 40 lines).
+
+Native stream usage is cumulative: the last event of each choice index wins, never a sum over
+events; with ``n > 1`` the outputs of the choice indexes are summed and input counted once, as
+the official SDK does.
+
+When a stream broke before its usage arrived, ``estimate_tokens`` turns the text received into
+a token count with the rule documented on that function; the event is then marked
+``usage_source = "estimated"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+
+# -- token counts ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class Usage:
+    """Normalised token counts of one call (field names are the usage event's)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    image_tokens: int = 0
+    audio_tokens: int = 0
+    video_tokens: int = 0
+    audio_output_tokens: int = 0
+    image_count: int = 0
+    plugins: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def consistent(self) -> Usage:
+        """Clamp subsets to their totals and the total to at least input + output (in place)."""
+        self.cached_tokens = min(self.cached_tokens, self.input_tokens)
+        self.cache_creation_tokens = min(
+            self.cache_creation_tokens, self.input_tokens - self.cached_tokens
+        )
+        room = self.input_tokens
+        for name in ("image_tokens", "audio_tokens", "video_tokens"):
+            value = min(getattr(self, name), room)
+            setattr(self, name, value)
+            room -= value
+        self.reasoning_tokens = min(self.reasoning_tokens, self.output_tokens)
+        self.audio_output_tokens = min(
+            self.audio_output_tokens, self.output_tokens - self.reasoning_tokens
+        )
+        self.total_tokens = max(self.total_tokens, self.input_tokens + self.output_tokens)
+        return self
+
+
+def _count(value: Any) -> int | None:
+    """A token count from JSON: a non-negative integer, else None (bools and junk ignored)."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if type(value) is float and value.is_integer() and value >= 0:
+        return int(value)
+    return None
+
+
+def _first(*values: Any) -> int | None:
+    for value in values:
+        count = _count(value)
+        if count is not None:
+            return count
+    return None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def normalise_usage(raw: Any, endpoint: str = "chat") -> Usage | None:
+    """Normalise a ``usage`` object of either API style; None when it holds no usage at all."""
+    if not isinstance(raw, dict):
+        return None
+    prompt = _dict(raw.get("prompt_tokens_details"))
+    input_details = _dict(raw.get("input_tokens_details"))
+    completion = _dict(raw.get("completion_tokens_details"))
+    output_details = _dict(raw.get("output_tokens_details"))
+
+    input_tokens = _first(raw.get("prompt_tokens"), raw.get("input_tokens"))
+    output_tokens = _first(raw.get("completion_tokens"), raw.get("output_tokens"))
+    total = _count(raw.get("total_tokens"))
+    image_count = _count(raw.get("image_count"))
+    plugins = _plugins(raw.get("plugins"))
+    if input_tokens is None and output_tokens is None:
+        if total is None and image_count is None and not plugins:
+            return None
+        # Embeddings (native) report only a total: all of it is input. For anything else a
+        # lone total cannot be split, so it stays a total.
+        if endpoint == "embedding":
+            input_tokens = total
+    usage = Usage(
+        input_tokens=input_tokens or 0,
+        output_tokens=output_tokens or 0,
+        total_tokens=total or 0,
+        cached_tokens=_first(
+            prompt.get("cached_tokens"),
+            input_details.get("cached_tokens"),
+            raw.get("cached_tokens"),
+        )
+        or 0,
+        cache_creation_tokens=_first(
+            prompt.get("cache_creation_input_tokens"),
+            input_details.get("cache_creation_input_tokens"),
+        )
+        or 0,
+        reasoning_tokens=_first(
+            completion.get("reasoning_tokens"), output_details.get("reasoning_tokens")
+        )
+        or 0,
+        image_tokens=_first(
+            prompt.get("image_tokens"), raw.get("image_tokens"), input_details.get("image_tokens")
+        )
+        or 0,
+        audio_tokens=_first(
+            prompt.get("audio_tokens"), raw.get("audio_tokens"), input_details.get("audio_tokens")
+        )
+        or 0,
+        video_tokens=_first(
+            prompt.get("video_tokens"), raw.get("video_tokens"), input_details.get("video_tokens")
+        )
+        or 0,
+        audio_output_tokens=_first(
+            completion.get("audio_tokens"), output_details.get("audio_tokens")
+        )
+        or 0,
+        image_count=image_count or 0,
+        plugins=plugins,
+    )
+    return usage.consistent()
+
+
+def _plugins(raw: Any) -> dict[str, int]:
+    """``{"search": {"count": 1, "strategy": "turbo"}}`` → ``{"search": 1}``."""
+    if not isinstance(raw, dict):
+        return {}
+    counts = {}
+    for name, value in raw.items():
+        count = _count(value.get("count")) if isinstance(value, dict) else _count(value)
+        if isinstance(name, str) and count is not None:
+            counts[name] = count
+    return counts
+
+
+def combine_choices(per_index: dict[int, Usage]) -> Usage:
+    """Usage of an ``n > 1`` native stream: input once, outputs summed over choice indexes."""
+    parts = [per_index[index] for index in sorted(per_index)]
+    first = parts[0]
+    combined = dataclasses.replace(first, plugins=dict(first.plugins))
+    combined.input_tokens = max(p.input_tokens for p in parts)
+    combined.output_tokens = sum(p.output_tokens for p in parts)
+    combined.reasoning_tokens = sum(p.reasoning_tokens for p in parts)
+    combined.audio_output_tokens = sum(p.audio_output_tokens for p in parts)
+    combined.total_tokens = combined.input_tokens + combined.output_tokens
+    return combined.consistent()
+
+
+# -- bodies ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class BodyFacts:
+    """What a response body (or a stream) tells about the call."""
+
+    usage: Usage | None = None
+    request_id: str = ""
+    model: str = ""
+    error_code: str = ""
+    error_status: int | None = None  # native in-stream ``:HTTP_STATUS/<code>`` of an error event
+    done: bool = False  # a stream reached its logical end ([DONE] or a final finish_reason)
+
+
+def load_json(body: bytes) -> Any:
+    """The JSON value of a body, or None when it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except (orjson.JSONDecodeError, TypeError):
+        return None
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_body(body: bytes, endpoint: str = "chat") -> BodyFacts:
+    """Usage, request id, model and error code of a non-streamed response body (any style)."""
+    return facts_of(load_json(body), endpoint)
+
+
+def facts_of(data: Any, endpoint: str = "chat") -> BodyFacts:
+    """The facts of one parsed JSON body or stream event."""
+    facts = BodyFacts()
+    if not isinstance(data, dict):
+        return facts
+    facts.usage = normalise_usage(data.get("usage"), endpoint)
+    facts.model = _text(data.get("model"))
+    error = data.get("error")
+    if isinstance(error, dict):  # compatible envelope: {"error": {"code", "type", ...}}
+        facts.error_code = _text(error.get("code")) or _text(error.get("type"))
+        facts.request_id = _text(data.get("request_id")) or _text(error.get("id"))
+    elif isinstance(data.get("code"), str) and "output" not in data:  # native envelope
+        facts.error_code = data["code"]
+    facts.request_id = facts.request_id or _text(data.get("request_id")) or _text(data.get("id"))
+    return facts
+
+
+def request_id_from_headers(headers: dict[str, str]) -> str:
+    """``x-request-id`` (both styles), else ``x-dashscope-request-id`` (never seen; cheap)."""
+    return headers.get("x-request-id") or headers.get("x-dashscope-request-id") or ""
+
+
+# -- streams -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class SseEvent:
+    """One SSE event as DashScope frames it: every ``data:`` line completes an event."""
+
+    event: str
+    data: bytes
+    status: int | None = None  # from a ``:HTTP_STATUS/<code>`` comment or a ``status:`` field
+
+
+def iter_events(data: bytes) -> Iterator[SseEvent]:
+    """The events of an SSE byte string, in order (both framings; partial lines are skipped)."""
+    event, status = "", None
+    for raw in data.split(b"\n"):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if line.startswith(b"data:"):
+            value = line[5:]
+            yield SseEvent(
+                event or "message", value[1:] if value.startswith(b" ") else value, status
+            )
+            event, status = "", None
+        elif line.startswith(b"event:"):
+            event = line[6:].strip().decode("utf-8", "replace")
+        elif line.startswith(b":HTTP_STATUS/") or line.startswith(b"status:"):
+            code = line.rsplit(b"/", 1)[-1] if line.startswith(b":") else line[7:]
+            status = _int_or_none(code.strip())
+
+
+def _int_or_none(value: bytes) -> int | None:
+    return int(value) if value.isdigit() and len(value) < 6 else None
+
+
+def _events_backwards(data: bytes) -> Iterator[SseEvent]:
+    """Like ``iter_events`` but from the end, reading only as far back as the caller pulls."""
+    end = len(data)
+    while end > 0:
+        start = data.rfind(b"data:", 0, end)
+        if start < 0:
+            return
+        if start > 0 and data[start - 1 : start] not in (b"\n", b"\r"):
+            end = start  # "data:" inside a value, not at a line start
+            continue
+        stop = data.find(b"\n", start, end)
+        line = data[start : stop if stop >= 0 else end].rstrip(b"\r")
+        # Field lines of this event sit between the previous data line (or blank line) and
+        # this one; native captures sometimes have no blank line between events.
+        boundary = max(data.rfind(b"\ndata:", 0, start - 1), data.rfind(b"\n\n", 0, start))
+        if boundary >= 0:
+            newline = data.find(b"\n", boundary + 1, start)
+            head = data[newline + 1 : start] if newline >= 0 else b""
+        else:
+            head = data[:start]
+        event, status = "", None
+        for field in head.split(b"\n"):
+            field = field.rstrip(b"\r")
+            if field.startswith(b"event:"):
+                event = field[6:].strip().decode("utf-8", "replace")
+            elif field.startswith(b":HTTP_STATUS/"):
+                status = _int_or_none(field.rsplit(b"/", 1)[-1].strip())
+            elif field.startswith(b"status:"):
+                status = _int_or_none(field[7:].strip())
+        value = line[5:]
+        yield SseEvent(event or "message", value[1:] if value.startswith(b" ") else value, status)
+        end = start
+
+
+def parse_stream(
+    data: bytes, api_style: str, *, choices: int = 1, endpoint: str = "chat"
+) -> BodyFacts:
+    """Usage and outcome facts of a stream's bytes (its tail), parsed from the end.
+
+    Compatible: the usage of the last event that carries one (the ``choices: []`` chunk);
+    ``done`` when ``[DONE]`` was seen; a data event holding ``{"error": …}`` is an error.
+    Native: the last ``result`` event of each choice index wins (``choices`` = the request's
+    ``n``); ``event:error`` (HTTP 200 stream) gives ``error_code`` and ``error_status``; ``done``
+    when every choice index seen has a final ``finish_reason`` (not the string ``"null"``).
+    """
+    facts = BodyFacts()
+    native = api_style == "dashscope"
+    per_index: dict[int, Usage] = {}
+    finished: dict[int, bool] = {}
+    for sse in _events_backwards(data):
+        if sse.data.startswith(b"[DONE]"):
+            facts.done = True
+            continue
+        body = load_json(sse.data)
+        if not isinstance(body, dict):
+            continue
+        step = facts_of(body, endpoint)
+        facts.request_id = facts.request_id or step.request_id
+        facts.model = facts.model or step.model
+        if sse.event == "error" or step.error_code:
+            if not facts.error_code and not per_index and facts.usage is None:
+                facts.error_code = step.error_code or "stream_error"
+                facts.error_status = sse.status
+            continue
+        if not native:
+            if step.usage is not None:
+                facts.usage = step.usage
+                break
+            continue
+        index, final = _native_choice(body)
+        finished.setdefault(index, final)
+        if step.usage is not None and index not in per_index:
+            per_index[index] = step.usage
+            if len(per_index) >= max(choices, 1):
+                break
+    if native:
+        if per_index:
+            facts.usage = (
+                per_index[next(iter(per_index))]
+                if len(per_index) == 1
+                else combine_choices(per_index)
+            )
+        facts.done = bool(finished) and all(finished.values()) and len(finished) >= max(choices, 1)
+    return facts
+
+
+def _native_choice(body: dict[str, Any]) -> tuple[int, bool]:
+    """(choice index, finished) of a native stream event; index 0 when not given."""
+    output = _dict(body.get("output"))
+    found = output.get("choices")
+    if isinstance(found, list) and found and isinstance(found[0], dict):
+        choice = found[0]
+        index = _count(choice.get("index")) or 0
+        reason = choice.get("finish_reason")
+    else:
+        index, reason = 0, output.get("finish_reason")
+    return index, isinstance(reason, str) and reason not in ("", "null")
+
+
+# -- estimates ---------------------------------------------------------------------------------
+
+# Model Studio's rule of thumb for Qwen tokenizers: one English (ASCII) character is about 0.3
+# tokens and one Chinese (non-ASCII) character about 0.6 tokens. Used only when a call's usage
+# never arrived (a broken or abandoned stream); such events say usage_source = "estimated".
+TOKENS_PER_ASCII_CHAR = (3, 10)
+TOKENS_PER_OTHER_CHAR = (6, 10)
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimated tokens of a text: ceil(0.3 × ASCII characters + 0.6 × other characters)."""
+    if not text:
+        return 0
+    ascii_chars = len(text) if text.isascii() else len(text.encode("ascii", "ignore"))
+    other = len(text) - ascii_chars
+    numerator = (
+        ascii_chars * TOKENS_PER_ASCII_CHAR[0] * TOKENS_PER_OTHER_CHAR[1]
+        + other * TOKENS_PER_OTHER_CHAR[0] * TOKENS_PER_ASCII_CHAR[1]
+    )
+    denominator = TOKENS_PER_ASCII_CHAR[1] * TOKENS_PER_OTHER_CHAR[1]
+    return -(-numerator // denominator)
+
+
+def _content_text(content: Any) -> str:
+    """Text of a message content: a string, or the ``text`` parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(_text(part.get("text")) for part in content if isinstance(part, dict))
+    return ""
+
+
+def request_text(request: Any) -> str:
+    """The prompt text of a request body of either style (messages, prompt, embedding input)."""
+    if not isinstance(request, dict):
+        return ""
+    native_input = _dict(request.get("input"))
+    messages = request.get("messages") or native_input.get("messages")
+    parts: list[str] = []
+    if isinstance(messages, list):
+        parts.extend(_content_text(m.get("content")) for m in messages if isinstance(m, dict))
+    parts.append(_text(native_input.get("prompt")))
+    for texts in (request.get("input"), native_input.get("texts")):
+        if isinstance(texts, str):
+            parts.append(texts)
+        elif isinstance(texts, list):
+            parts.extend(_text(t) for t in texts)
+    return "".join(parts)
+
+
+@dataclasses.dataclass(slots=True)
+class StreamText:
+    """Text received in a stream, per choice index: answer and reasoning, for estimates."""
+
+    content: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    reasoning: dict[int, list[str]] = dataclasses.field(default_factory=dict)
+    cumulative: bool = False  # native incremental_output=false: each event repeats all text
+
+    def feed(self, data: bytes, api_style: str) -> None:
+        """Collect the text of every complete data event in ``data``."""
+        for sse in iter_events(data):
+            body = load_json(sse.data)
+            if not isinstance(body, dict):
+                continue
+            if api_style == "dashscope":
+                self._native(body)
+            else:
+                self._compatible(body)
+
+    def _add(self, index: int, content: str, reasoning: str) -> None:
+        if self.cumulative:
+            self.content[index] = [content]
+            self.reasoning[index] = [reasoning]
+            return
+        self.content.setdefault(index, []).append(content)
+        self.reasoning.setdefault(index, []).append(reasoning)
+
+    def _compatible(self, body: dict[str, Any]) -> None:
+        choices = body.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if isinstance(choice, dict):
+                delta = _dict(choice.get("delta"))
+                index = _count(choice.get("index")) or 0
+                self._add(
+                    index,
+                    _content_text(delta.get("content")),
+                    _text(delta.get("reasoning_content")),
+                )
+
+    def _native(self, body: dict[str, Any]) -> None:
+        output = _dict(body.get("output"))
+        choices = output.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict):
+                    message = _dict(choice.get("message"))
+                    index = _count(choice.get("index")) or 0
+                    self._add(
+                        index,
+                        _content_text(message.get("content")),
+                        _text(message.get("reasoning_content")),
+                    )
+        elif isinstance(output.get("text"), str):
+            self._add(0, output["text"], "")
+
+    def estimate(self, input_tokens: int) -> Usage:
+        """Estimated usage: output from the text received, reasoning a subset of it."""
+        reasoning = sum(estimate_tokens("".join(t)) for t in self.reasoning.values())
+        answer = sum(estimate_tokens("".join(t)) for t in self.content.values())
+        return Usage(
+            input_tokens=input_tokens,
+            output_tokens=answer + reasoning,
+            reasoning_tokens=reasoning,
+        ).consistent()
