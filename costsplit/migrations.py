@@ -43,7 +43,32 @@ def m003_spool_offsets(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE ingest_log ADD COLUMN quarantined BIGINT DEFAULT 0")
 
 
-MIGRATIONS: list[Migration] = [m001_events, m002_events_ingested_at, m003_spool_offsets]
+SPEND_COLUMNS = """
+    day DATE NOT NULL, workspace_id VARCHAR NOT NULL, scenario VARCHAR NOT NULL,
+    model VARCHAR NOT NULL, region VARCHAR NOT NULL, currency VARCHAR NOT NULL,
+    is_adjustment BOOLEAN NOT NULL, adjustment_of VARCHAR NOT NULL,
+    calls BIGINT, ok_calls BIGINT, failed_calls BIGINT, denied_calls BIGINT,
+    interrupted_calls BIGINT, estimated_calls BIGINT,
+    input_tokens BIGINT, output_tokens BIGINT, cached_tokens BIGINT, cache_creation_tokens BIGINT,
+    reasoning_tokens BIGINT, image_tokens BIGINT, audio_tokens BIGINT, video_tokens BIGINT,
+    cost DECIMAL(38, 22), unpriced_calls BIGINT, unpriced_tokens BIGINT
+"""
+
+
+def m004_rollups(con: duckdb.DuckDBPyConnection) -> None:
+    """Daily spend (open months), closed-month snapshots, period closes and rollup bookkeeping.
+
+    ``cost`` is exact: rates per 1M tokens have at most 10 decimals and discount multipliers 6,
+    so a call's cost has at most 22. Adjustment rows (late events of a closed month) sit on the
+    first day of the month they were carried into.
+    """
+    con.execute(f"CREATE TABLE daily_spend ({SPEND_COLUMNS})")
+    con.execute(f"CREATE TABLE closed_spend ({SPEND_COLUMNS})")
+    con.execute("CREATE TABLE period_close (month VARCHAR PRIMARY KEY, closed_at TIMESTAMPTZ NOT NULL, settings_hash VARCHAR)")
+    con.execute("CREATE TABLE rollup_state (key VARCHAR PRIMARY KEY, value VARCHAR)")
+
+
+MIGRATIONS: list[Migration] = [m001_events, m002_events_ingested_at, m003_spool_offsets, m004_rollups]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
