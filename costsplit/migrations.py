@@ -64,11 +64,19 @@ def m004_rollups(con: duckdb.DuckDBPyConnection) -> None:
     """
     con.execute(f"CREATE TABLE daily_spend ({SPEND_COLUMNS})")
     con.execute(f"CREATE TABLE closed_spend ({SPEND_COLUMNS})")
-    con.execute("CREATE TABLE period_close (month VARCHAR PRIMARY KEY, closed_at TIMESTAMPTZ NOT NULL, settings_hash VARCHAR)")
+    con.execute(
+        "CREATE TABLE period_close "
+        "(month VARCHAR PRIMARY KEY, closed_at TIMESTAMPTZ NOT NULL, settings_hash VARCHAR)"
+    )
     con.execute("CREATE TABLE rollup_state (key VARCHAR PRIMARY KEY, value VARCHAR)")
 
 
-MIGRATIONS: list[Migration] = [m001_events, m002_events_ingested_at, m003_spool_offsets, m004_rollups]
+MIGRATIONS: list[Migration] = [
+    m001_events,
+    m002_events_ingested_at,
+    m003_spool_offsets,
+    m004_rollups,
+]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
