@@ -71,11 +71,28 @@ def m004_rollups(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE TABLE rollup_state (key VARCHAR PRIMARY KEY, value VARCHAR)")
 
 
+def m005_deliveries(con: duckdb.DuckDBPyConnection) -> None:
+    """The sent-ledger (one row per report, period and recipient) and each scheduled job's
+    last run, so a restart neither re-sends a report nor forgets a run it missed."""
+    con.execute(
+        "CREATE TABLE sent_ledger (report VARCHAR NOT NULL, period VARCHAR NOT NULL, "
+        "recipient VARCHAR NOT NULL, message_id VARCHAR NOT NULL, status VARCHAR NOT NULL, "
+        "attempts INTEGER NOT NULL DEFAULT 0, last_error VARCHAR NOT NULL DEFAULT '', "
+        "first_attempt_at TIMESTAMPTZ, sent_at TIMESTAMPTZ, "
+        "PRIMARY KEY (report, period, recipient))"
+    )
+    con.execute(
+        "CREATE TABLE job_runs (job VARCHAR PRIMARY KEY, last_run_at TIMESTAMPTZ, "
+        "last_status VARCHAR NOT NULL DEFAULT '', last_error VARCHAR NOT NULL DEFAULT '')"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_events,
     m002_events_ingested_at,
     m003_spool_offsets,
     m004_rollups,
+    m005_deliveries,
 ]
 
 
