@@ -94,6 +94,52 @@ def fingerprint(env_var: str | None) -> None:
 
 # --- simulator: simulate ----------------------------------------------------------------------
 
+
+@command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=0, show_default=True, help="Port (0: a free port).")
+@click.option(
+    "--region",
+    type=click.Choice(["ap-southeast-1", "cn-beijing", "us-east-1"]),
+    default=None,
+    help="Region to simulate (default: the config file's, else ap-southeast-1).",
+)
+@click.option(
+    "--config",
+    "sim_config",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Simulator TOML (see config/simulator.toml); default: the built-in demo world.",
+)
+def simulate(host: str, port: int, region: str | None, sim_config: str | None) -> None:
+    """Run a local Model Studio simulator in the foreground and print its base URL.
+
+    It serves /compatible-mode/v1 and /api/v1 with the demo keys (sk-sim-default-intl, ...).
+    Stop it with Ctrl+C.
+
+    Example: costsplit simulate --port 8808 --region cn-beijing
+    """
+    import dataclasses
+
+    from costsplit.simulator import SimulatorConfig, serve_forever
+
+    if sim_config:
+        config = SimulatorConfig.from_toml(sim_config)
+        if region and region != config.region:
+            config = dataclasses.replace(config, region=region)
+    else:
+        config = SimulatorConfig.default(region or "ap-southeast-1")
+
+    def ready(base_url: str) -> None:
+        click.echo(base_url, nl=True)
+        click.echo(
+            f"region {config.region}; keys: {', '.join(k.key for k in config.keys)}", err=True
+        )
+        sys.stdout.flush()
+
+    serve_forever(config, host=host, port=port, on_ready=ready)
+
+
 # --- rollup: rollup, reprice, close, spend ----------------------------------------------------
 
 # --- reports: report, scheduler, demo ---------------------------------------------------------

@@ -15,3 +15,21 @@ def costsplit_home(tmp_path, monkeypatch):
     monkeypatch.setenv("COSTSPLIT_HOME", str(home))
     monkeypatch.chdir(tmp_path)
     return home
+
+
+@pytest.fixture
+def simulator():
+    """A Singapore simulator (default config: keys sk-sim-{default,support,research}-intl)."""
+    from costsplit.simulator import SimulatorConfig, run_in_thread
+
+    with run_in_thread(SimulatorConfig.default("ap-southeast-1")) as running:
+        yield running
+
+
+@pytest.fixture
+def simulator_cn():
+    """A Beijing simulator (default config: keys sk-sim-{default,support,research}-cn)."""
+    from costsplit.simulator import SimulatorConfig, run_in_thread
+
+    with run_in_thread(SimulatorConfig.default("cn-beijing")) as running:
+        yield running
