@@ -1,0 +1,196 @@
+"""The schedule: ingest, rollup, budget alerts, the monthly report and the weekly digest.
+
+``build_scheduler(settings, scheduler=..., clock=...)`` adds the jobs to an APScheduler 3.x
+scheduler (a ``BlockingScheduler`` for ``costsplit scheduler``, any scheduler in tests) and
+returns it, not started:
+
+==================  =====================================================================
+job                 trigger
+==================  =====================================================================
+ingest              every ``schedules.ingest_seconds``
+rollup              every ``schedules.rollup_seconds`` (then budget alerts)
+monthly-report      cron ``schedules.monthly_report`` in the reporting timezone, for the
+                    month just ended
+weekly-digest       cron ``schedules.weekly_digest`` in the reporting timezone, for the
+                    last complete ISO week
+==================  =====================================================================
+
+Every job has ``coalesce=True`` and ``max_instances=1`` (never twice at once, a backlog runs
+once) and a generous misfire grace time. APScheduler's memory of runs dies with the process, so
+each run's time is kept in the ``job_runs`` table: on start, a cron job whose trigger fired
+between its last recorded run and now is scheduled to run at once (catch-up after downtime).
+A job with no recorded run takes the start as its baseline, so a first start sends nothing old.
+The clock is injected so tests drive all of this without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from costsplit.config import Settings
+from costsplit.errors import CostsplitError
+from costsplit.store import connect
+
+log = logging.getLogger("costsplit.scheduler")
+
+MISFIRE_GRACE = {
+    "ingest": 60,
+    "rollup": 300,
+    "monthly-report": 7 * 86400,
+    "weekly-digest": 2 * 86400,
+}
+
+
+def triggers(settings: Settings) -> dict[str, object]:
+    """Each job's APScheduler trigger (cron jobs in the reporting timezone)."""
+    tz = ZoneInfo(settings.timezone)
+    schedules = settings.schedules
+    return {
+        "ingest": IntervalTrigger(seconds=schedules.ingest_seconds, timezone=tz),
+        "rollup": IntervalTrigger(seconds=schedules.rollup_seconds, timezone=tz),
+        "monthly-report": CronTrigger.from_crontab(schedules.monthly_report, timezone=tz),
+        "weekly-digest": CronTrigger.from_crontab(schedules.weekly_digest, timezone=tz),
+    }
+
+
+def build_scheduler(
+    settings: Settings,
+    *,
+    scheduler: BaseScheduler | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    environ: Mapping[str, str] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> BaseScheduler:
+    """A scheduler with costsplit's jobs added (not started), missed cron runs due now."""
+    if scheduler is None:
+        from apscheduler.schedulers.blocking import BlockingScheduler
+
+        scheduler = BlockingScheduler(timezone=ZoneInfo(settings.timezone))
+    now = clock()
+    last_runs = _baseline(settings, now)
+    bodies = job_bodies(settings, clock=clock, environ=environ, sleep=sleep)
+    for name, trigger in triggers(settings).items():
+        scheduler.add_job(
+            run_job,
+            trigger,
+            args=(settings, name, bodies[name], clock),
+            id=name,
+            name=name,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=MISFIRE_GRACE[name],
+            replace_existing=True,
+            next_run_time=next_run(trigger, last_runs.get(name), now),
+        )
+    return scheduler
+
+
+def next_run(trigger, last_run: datetime | None, now: datetime) -> datetime | None:
+    """``now`` when the trigger fired after ``last_run`` and before ``now`` (a missed run),
+    else the trigger's next fire time from ``now``."""
+    if last_run is not None and isinstance(trigger, CronTrigger):
+        missed = trigger.get_next_fire_time(None, last_run + timedelta(microseconds=1))
+        if missed is not None and missed <= now:
+            return now
+    return trigger.get_next_fire_time(None, now)
+
+
+def job_bodies(settings: Settings, *, clock, environ, sleep) -> dict[str, Callable[[], object]]:
+    """What each job does, as zero-argument callables."""
+    from costsplit import jobs
+    from costsplit.digest import last_week
+    from costsplit.report import last_month
+
+    def ingest() -> object:
+        from costsplit.ingest import ingest_spool
+
+        return ingest_spool(settings)
+
+    def rollup() -> object:
+        from costsplit import rollup as rollup_module
+
+        with connect(settings.database) as con:
+            result = rollup_module.refresh(con, settings)
+        jobs.send_budget_alerts(settings, now=clock(), environ=environ, sleep=sleep)
+        return result
+
+    def monthly() -> object:
+        now = clock()
+        return jobs.send_monthly(
+            settings, last_month(now, settings.timezone), now=now, environ=environ, sleep=sleep
+        )
+
+    def digest() -> object:
+        now = clock()
+        return jobs.send_digest(
+            settings, last_week(now, settings.timezone), now=now, environ=environ, sleep=sleep
+        )
+
+    return {"ingest": ingest, "rollup": rollup, "monthly-report": monthly, "weekly-digest": digest}
+
+
+def run_job(
+    settings: Settings, name: str, body: Callable[[], object], clock: Callable[[], datetime]
+) -> object:
+    """Run one job and record its run; a costsplit error is logged, not raised (the next run
+    tries again), and failed deliveries stay in the ledger."""
+    started = clock()
+    try:
+        result = body()
+    except CostsplitError as exc:
+        log.error("job %s failed: %s", name, exc)
+        _record(settings, name, started, "error", str(exc))
+        return None
+    failed = (
+        [d for d in result or () if getattr(d, "status", "") == "failed"]
+        if isinstance(result, list)
+        else []
+    )
+    for delivery in failed:
+        log.error(
+            "job %s: %s %s to %s failed: %s",
+            name,
+            delivery.report,
+            delivery.period,
+            delivery.recipient,
+            delivery.error,
+        )
+    _record(settings, name, started, "failed-deliveries" if failed else "ok", "")
+    return result
+
+
+def last_runs(settings: Settings) -> dict[str, datetime]:
+    """Each job's last recorded run."""
+    with connect(settings.database) as con:
+        return {
+            job: at for job, at in con.execute("SELECT job, last_run_at FROM job_runs").fetchall()
+        }
+
+
+def _baseline(settings: Settings, now: datetime) -> dict[str, datetime]:
+    with connect(settings.database) as con:
+        known = {
+            job: at for job, at in con.execute("SELECT job, last_run_at FROM job_runs").fetchall()
+        }
+        for name in MISFIRE_GRACE:
+            if name not in known:
+                con.execute("INSERT INTO job_runs VALUES (?, ?, 'baseline', '')", [name, now])
+    return known
+
+
+def _record(settings: Settings, name: str, at: datetime, status: str, error: str) -> None:
+    with connect(settings.database) as con:
+        con.execute(
+            "INSERT INTO job_runs VALUES (?, ?, ?, ?) ON CONFLICT (job) DO UPDATE SET "
+            "last_run_at = excluded.last_run_at, last_status = excluded.last_status, "
+            "last_error = excluded.last_error",
+            [name, at, status, error],
+        )
