@@ -202,7 +202,8 @@ class BodyFacts:
     """What a response body (or a stream) tells about the call."""
 
     usage: Usage | None = None
-    request_id: str = ""
+    request_id: str = ""  # body ``request_id``
+    response_id: str = ""  # body ``id`` (compatible: ``chatcmpl-<uuid>`` or a bare uuid)
     model: str = ""
     error_code: str = ""
     error_status: int | None = None  # native in-stream ``:HTTP_STATUS/<code>`` of an error event
@@ -236,10 +237,11 @@ def facts_of(data: Any, endpoint: str = "chat") -> BodyFacts:
     error = data.get("error")
     if isinstance(error, dict):  # compatible envelope: {"error": {"code", "type", ...}}
         facts.error_code = _text(error.get("code")) or _text(error.get("type"))
-        facts.request_id = _text(data.get("request_id")) or _text(error.get("id"))
+        facts.response_id = _text(error.get("id"))
     elif isinstance(data.get("code"), str) and "output" not in data:  # native envelope
         facts.error_code = data["code"]
-    facts.request_id = facts.request_id or _text(data.get("request_id")) or _text(data.get("id"))
+    facts.request_id = _text(data.get("request_id"))
+    facts.response_id = _text(data.get("id")) or facts.response_id
     return facts
 
 
@@ -340,6 +342,7 @@ def parse_stream(
             continue
         step = facts_of(body, endpoint)
         facts.request_id = facts.request_id or step.request_id
+        facts.response_id = facts.response_id or step.response_id
         facts.model = facts.model or step.model
         if sse.event == "error" or step.error_code:
             if not facts.error_code and not per_index and facts.usage is None:

@@ -37,7 +37,7 @@ def test_compatible_chat_thinking_with_cache():
             cached_tokens=2048,
             reasoning_tokens=311,
         ),
-        request_id="chatcmpl-3b7e1c52-8d4a-9f10-b6c2-5a0e7d91c4f8",
+        response_id="chatcmpl-3b7e1c52-8d4a-9f10-b6c2-5a0e7d91c4f8",
         model="qwen-plus",
     )
 
@@ -77,7 +77,7 @@ def test_embeddings_both_styles_are_input_tokens():
     assert native.request_id == "1773f7b2-2148-9f74-b335-b413e398a116"
     compatible = parse_body(fixture("openai_embeddings.json"), "embedding")
     assert compatible.usage == Usage(input_tokens=23, total_tokens=23)
-    assert (compatible.model, compatible.request_id) == (
+    assert (compatible.model, compatible.response_id) == (
         "text-embedding-v4",
         "d2538ad0-30dd-9fcf-bcbd-06bbbce70d06",
     )
@@ -128,7 +128,9 @@ def test_inconsistent_counts_are_clamped():
 
 def test_error_envelopes_of_both_styles():
     assert parse_body(fixture("openai_error_access_denied.json")) == BodyFacts(
-        request_id="5d2c8e91-04ab-9c7f-a3e6-1b9f0d27c8a4", error_code="Model.AccessDenied"
+        request_id="5d2c8e91-04ab-9c7f-a3e6-1b9f0d27c8a4",
+        response_id="chatcmpl-5d2c8e91-04ab-9c7f-a3e6-1b9f0d27c8a4",
+        error_code="Model.AccessDenied",
     )
     assert parse_body(fixture("native_error_access_denied.json")) == BodyFacts(
         request_id="c81f2a40-6e3d-9b57-a1c4-7f0e92d5b316", error_code="Model.AccessDenied"
@@ -140,7 +142,7 @@ def test_error_envelopes_of_both_styles():
 def test_compatible_stream_fixture():
     assert parse_stream(fixture("openai_chat_stream.sse"), "openai-compatible") == BodyFacts(
         usage=Usage(input_tokens=58, output_tokens=9, total_tokens=67),
-        request_id="chatcmpl-9c41d0e7-2f6b-9a3e-8d15-c7a2b0f46e19",
+        response_id="chatcmpl-9c41d0e7-2f6b-9a3e-8d15-c7a2b0f46e19",
         model="qwen-flash",
         done=True,
     )

@@ -1,0 +1,625 @@
+"""The recording core: one HTTP exchange with Model Studio in, exactly one usage event out.
+
+Library-independent (no httpx types): the httpx and httpx2 transports and the proxy are thin
+adapters over it. Public classes and the order an adapter calls them in::
+
+    recorder = Recorder(sink, settings, recorder="client", region="", scenario=None, tags=None)
+    exchange = recorder.begin(method, url, headers, body)  # headers: iterable of (name, value)
+    #   raises ModelNotGranted (after recording a ``denied_local`` event) when grants are
+    #   enforced and the key's workspace lacks the model: before any network I/O.
+    #   exchange.request_headers / exchange.request_body: None, or what to send instead
+    #   (X-Costsplit-* removed; stream_options.include_usage injected, Content-Length fixed).
+    exchange.response(status, headers)      # the response head arrived
+    out = exchange.chunk(data)              # each body piece; forward ``out`` (skip if empty)
+    out = exchange.end()                    # body complete; forward ``out``; event written
+    exchange.close()                        # caller closed the response (early → interrupted)
+    exchange.error(exc)                     # network error before or during the body
+
+``end``/``close``/``error`` may all be called; the first writes the event, the rest do nothing.
+No method but ``begin`` raises (and ``begin`` only ``ModelNotGranted``): a recording failure is
+caught, logged (at most once a minute) and counted by ``recording_errors()``; the caller's
+request and response pass through unchanged.
+
+What an event holds (``costsplit.events.UsageEvent``), decided here:
+- api style and endpoint from the URL path, ``batch`` for the batch API;
+- region from the host (``HOST_REGIONS``, ``{ws}.{region}.maas.aliyuncs.com``), else the
+  recorder's ``region``; ``billing_plan = "plan"`` for ``sk-sp-`` keys and plan hosts;
+- workspace as observed: the configured key fingerprint's workspace, else the
+  ``X-DashScope-WorkSpace`` header, else the workspace host; the key only as fingerprint and
+  last-4 hint;
+- scenario: ``X-Costsplit-Scenario`` header, else ``scenario(...)`` context, else the recorder
+  default; tags merged in the same order (``X-Costsplit-Tag-<name>`` wins);
+- model as requested (request body) and as returned (compatible responses);
+- outcome ``ok``, ``http_error``, ``denied`` (a 403 whose code is in ``DENIED_CODES``),
+  ``denied_local``, ``network_error`` or ``interrupted`` (a stream abandoned or broken before its
+  logical end: ``[DONE]`` or a final native ``finish_reason``).
+
+Compatible-mode streams whose caller did not ask for ``include_usage`` get it injected, and the
+extra usage-only chunk (``"choices": []``) is removed from what the caller receives; all other
+bytes pass unchanged, chunk for chunk (a chunk ending inside a line hands that partial line over
+with the next chunk). Interrupted streams are recorded with ``usage_source = "estimated"``:
+native streams keep the last cumulative usage received; otherwise output tokens are estimated
+from the text received and input tokens from the request text (``usage.estimate_tokens``).
+
+Prompt and completion text is never written: the event has no field for it, whatever
+``settings.capture_content`` says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import orjson
+
+from costsplit.config import Settings, load_settings
+from costsplit.errors import ModelNotGranted
+from costsplit.events import UsageEvent, fingerprint_key, key_hint, utc_timestamp
+from costsplit.usage import (
+    BodyFacts,
+    StreamText,
+    Usage,
+    estimate_tokens,
+    load_json,
+    parse_body,
+    parse_stream,
+    request_id_from_headers,
+    request_text,
+)
+
+log = logging.getLogger("costsplit.record")
+
+HOST_REGIONS = {
+    "dashscope.aliyuncs.com": "cn-beijing",
+    "dashscope-intl.aliyuncs.com": "ap-southeast-1",
+    "dashscope-us.aliyuncs.com": "us-east-1",
+    "cn-hongkong.dashscope.aliyuncs.com": "cn-hongkong",
+}
+WORKSPACE_HOST = re.compile(r"^(?P<ws>[a-z0-9-]+)\.(?P<region>[a-z0-9-]+)\.maas\.aliyuncs\.com$")
+PLAN_HOSTS = ("coding.dashscope.aliyuncs.com", "coding-intl.dashscope.aliyuncs.com")
+PLAN_KEY_PREFIX = "sk-sp-"
+# Upstream 403 codes that mean "this key/workspace may not use this": recorded as ``denied``.
+DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "access_denied",
+        "Model.AccessDenied",
+        "Workspace.AccessDenied",
+        "AccessDenied.Unpurchased",
+        "App.AccessDenied",
+        "Endpoint.AccessDenied",
+    }
+)
+HEADER_PREFIX = "x-costsplit-"
+TAG_HEADER_PREFIX = "x-costsplit-tag-"
+STREAM_TAIL_BYTES = 4 * 1024 * 1024  # bytes of a stream kept for the parse at its end
+
+
+class Sink(Protocol):
+    """Where events go: a ``costsplit.spool.Spool`` (or a list-backed stand-in in tests)."""
+
+    def append(self, event: UsageEvent) -> None: ...
+
+
+# -- scenario context --------------------------------------------------------------------------
+
+_scenario: contextvars.ContextVar[tuple[str | None, dict[str, str]]] = contextvars.ContextVar(
+    "costsplit_scenario", default=(None, {})
+)
+
+
+@contextlib.contextmanager
+def scenario(name: str | None, **tags: str) -> Iterator[None]:
+    """Attribute the calls made inside the block to scenario ``name`` with extra ``tags``.
+
+    Context-local (contextvars): safe across threads and asyncio tasks; blocks nest, inner tags
+    added to outer ones.
+    """
+    outer_name, outer_tags = _scenario.get()
+    token = _scenario.set((name if name is not None else outer_name, {**outer_tags, **tags}))
+    try:
+        yield
+    finally:
+        _scenario.reset(token)
+
+
+# -- recording errors ---------------------------------------------------------------------------
+
+_errors_lock = threading.Lock()
+_errors = 0
+_last_logged = -1e9
+LOG_INTERVAL_SECONDS = 60.0
+
+
+def recording_errors() -> int:
+    """How many recording failures this process has caught (they never reach the caller)."""
+    return _errors
+
+
+def _failed(where: str, exc: BaseException) -> None:
+    global _errors, _last_logged
+    with _errors_lock:
+        _errors += 1
+        now = time.monotonic()
+        if now - _last_logged < LOG_INTERVAL_SECONDS:
+            return
+        _last_logged = now
+        count = _errors
+    log.warning(
+        "costsplit could not record a call (%s: %s: %s); %d recording errors so far",
+        where,
+        type(exc).__name__,
+        exc,
+        count,
+        exc_info=exc,
+    )
+
+
+# -- classification ----------------------------------------------------------------------------
+
+
+def classify(path: str) -> tuple[str, str, bool]:
+    """(api_style, endpoint, batch) of a request path."""
+    if "/api/v1/" in path or path.startswith("/api/"):
+        if "/services/aigc/text-generation/" in path:
+            return "dashscope", "chat", False
+        if "/services/aigc/multimodal-generation/" in path:
+            return "dashscope", "multimodal", False
+        if "/services/embeddings/" in path:
+            return "dashscope", "embedding", False
+        return "dashscope", "other", "/batch" in path
+    if path.endswith("/chat/completions"):
+        return "openai-compatible", "chat", False
+    if path.endswith("/embeddings"):
+        return "openai-compatible", "embedding", False
+    return "openai-compatible", "other", "/batches" in path
+
+
+def region_of_host(host: str) -> tuple[str, str]:
+    """(region, workspace id) a host names; empty strings where it names none."""
+    if host in HOST_REGIONS:
+        return HOST_REGIONS[host], ""
+    match = WORKSPACE_HOST.match(host)
+    if match:
+        workspace = match["ws"] if match["ws"] != "token-plan" else ""
+        return match["region"], workspace
+    return "", ""
+
+
+def _bearer(authorization: str) -> str:
+    scheme, _, key = authorization.strip().partition(" ")
+    return key.strip() if scheme.lower() == "bearer" else authorization.strip()
+
+
+# -- the recorder -------------------------------------------------------------------------------
+
+
+class Recorder:
+    """Turns exchanges into usage events written to ``sink`` (the settings' spool by default).
+
+    One per client or proxy route: holds the settings, the default ``region`` (used when the
+    host names none, e.g. a simulator or a gateway), the default ``scenario`` and ``tags``, and
+    ``recorder`` (``"client"`` or ``"proxy"``) written into each event.
+    """
+
+    def __init__(
+        self,
+        sink: Sink | None = None,
+        settings: Settings | None = None,
+        *,
+        recorder: str = "client",
+        region: str = "",
+        scenario: str | None = None,
+        tags: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.time,
+        stream_tail_bytes: int = STREAM_TAIL_BYTES,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self._sink = sink
+        self.recorder = recorder
+        self.region = region or ""
+        self.scenario = scenario
+        self.tags = dict(tags or {})
+        self.clock = clock
+        self.stream_tail_bytes = stream_tail_bytes
+
+    @property
+    def sink(self) -> Sink:
+        if self._sink is None:
+            from costsplit.spool import open_spool
+
+            self._sink = open_spool(self.settings)
+        return self._sink
+
+    def write(self, event: UsageEvent) -> None:
+        """Append one event to the sink; a failure is counted, never raised."""
+        try:
+            self.sink.append(event)
+        except Exception as exc:
+            _failed("writing the event", exc)
+
+    def begin(
+        self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
+    ) -> Exchange:
+        """Start recording a request; see the module docstring for the calls that follow."""
+        try:
+            exchange = Exchange(self, method, url, headers, body)
+        except Exception as exc:
+            _failed("reading the request", exc)
+            return _PassThrough(self)
+        exchange.check_grants()
+        return exchange
+
+
+class Exchange:
+    """One request/response pair being recorded. Built by ``Recorder.begin``."""
+
+    request_headers: list[tuple[str, str]] | None
+    request_body: bytes | None
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        method: str,
+        url: str,
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
+    ) -> None:
+        self.recorder = recorder
+        self.start_ns = time.perf_counter_ns()
+        self.request_headers = None
+        self.request_body = None
+        self.status: int | None = None
+        self.response_headers: dict[str, str] = {}
+        self.sse = False
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.evicted: StreamText | None = None
+        self.first_byte_ns: int | None = None
+        self.done = False
+        self.filter_usage = False
+        self.carry = b""
+        self.skip_blank = False
+
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        api_style, endpoint, batch = classify(parts.path)
+        self.api_style, self.endpoint = api_style, endpoint
+        host_region, host_workspace = region_of_host(host)
+
+        lowered: dict[str, str] = {}
+        ours: list[tuple[str, str]] = []
+        for name, value in headers:
+            low = name.lower()
+            if low.startswith(HEADER_PREFIX):
+                ours.append((low, value))
+            else:
+                lowered[low] = value
+        key = _bearer(lowered.get("authorization", ""))
+        fingerprint = fingerprint_key(key) if key else ""
+        settings = recorder.settings
+        workspace = settings.workspace_for_fingerprint(fingerprint) if fingerprint else None
+        workspace_id = (
+            workspace.id
+            if workspace
+            else lowered.get("x-dashscope-workspace", "") or host_workspace
+        )
+        self.workspace = workspace or (settings.workspace(workspace_id) if workspace_id else None)
+
+        context_name, context_tags = _scenario.get()
+        scenario_name = context_name if context_name is not None else recorder.scenario
+        tags = {**recorder.tags, **context_tags}
+        for name, value in ours:
+            if name == "x-costsplit-scenario":
+                scenario_name = value
+            elif name.startswith(TAG_HEADER_PREFIX) and len(name) > len(TAG_HEADER_PREFIX):
+                tags[name[len(TAG_HEADER_PREFIX) :]] = value
+
+        self.request = load_json(body) if body[:1] == b"{" else None
+        request = self.request if isinstance(self.request, dict) else {}
+        parameters = request.get("parameters")
+        parameters = parameters if isinstance(parameters, dict) else {}
+        model = request.get("model")
+        self.model = model if isinstance(model, str) else ""
+        n = request.get("n", parameters.get("n", 1))
+        self.choices = n if type(n) is int and 0 < n <= 64 else 1
+        self.incremental = parameters.get("incremental_output") is True
+        streamed = request.get("stream") is True or (
+            lowered.get("x-dashscope-sse", "").lower() == "enable"
+        )
+        plan = (
+            key.startswith(PLAN_KEY_PREFIX) or host in PLAN_HOSTS or host.startswith("token-plan.")
+        )
+
+        self.event = UsageEvent(
+            started_at=utc_timestamp(recorder.clock()),
+            recorder=recorder.recorder,
+            api_style=api_style,
+            endpoint=endpoint,
+            host=host,
+            region=host_region or recorder.region,
+            key_fingerprint=fingerprint,
+            key_hint=key_hint(key) if key else "",
+            workspace_observed=workspace_id,
+            scenario=scenario_name,
+            tags=tags,
+            model_requested=self.model,
+            streamed=streamed,
+            batch=batch,
+            billing_plan="plan" if plan else "payg",
+        )
+
+        new_body = self._inject_include_usage(request) if streamed else None
+        if ours or new_body is not None:
+            kept = [(n, v) for n, v in headers if not n.lower().startswith(HEADER_PREFIX)]
+            if new_body is not None:
+                self.request_body = new_body
+                kept = [(n, v) for n, v in kept if n.lower() != "content-length"]
+                kept.append(("Content-Length", str(len(new_body))))
+            self.request_headers = kept
+        del method  # every method is recorded alike; kept in the signature for adapters
+
+    def _inject_include_usage(self, request: dict[str, Any]) -> bytes | None:
+        """The body with ``stream_options.include_usage = true``, or None when not needed."""
+        if self.api_style != "openai-compatible" or self.endpoint != "chat":
+            return None
+        options = request.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return None
+        if options is not None and not isinstance(options, dict):
+            return None  # something we do not understand: leave the request alone
+        self.filter_usage = True
+        return orjson.dumps(
+            {**request, "stream_options": {**(options or {}), "include_usage": True}}
+        )
+
+    def check_grants(self) -> None:
+        """Raise ``ModelNotGranted`` (recording ``denied_local``) for a model not granted."""
+        workspace = self.workspace
+        if not (self.recorder.settings.enforce_grants and workspace and self.model):
+            return
+        if workspace.grants(self.model):
+            return
+        self.done = True
+        self.event.outcome = "denied_local"
+        self.event.error_code = "ModelNotGranted"
+        self.event.workspace_observed = workspace.id
+        self.recorder.write(self.event)
+        raise ModelNotGranted(self.model, workspace.id, workspace.models)
+
+    # -- response -------------------------------------------------------------------------------
+    def response(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        """The response head arrived."""
+        try:
+            self.status = status
+            self.response_headers = {name.lower(): value for name, value in headers}
+            content_type = self.response_headers.get("content-type", "")
+            self.sse = "text/event-stream" in content_type
+            if self.sse:
+                self.event.streamed = True
+            if not (self.sse and 200 <= status < 300):
+                self.filter_usage = False
+        except Exception as exc:
+            _failed("reading the response head", exc)
+
+    def chunk(self, data: bytes) -> bytes:
+        """Keep a piece of the body for the parse at the end; return what the caller gets."""
+        if self.done:
+            return data
+        try:
+            if self.first_byte_ns is None:
+                self.first_byte_ns = time.perf_counter_ns()
+            self.chunks.append(data)
+            self.size += len(data)
+            if self.sse and self.size > self.recorder.stream_tail_bytes:
+                self._evict()
+            if self.filter_usage:
+                return self._filter(data)
+        except Exception as exc:
+            _failed("reading a response chunk", exc)
+            self.filter_usage = False
+            data, self.carry = self.carry + data, b""
+        return data
+
+    def end(self) -> bytes:
+        """The body is complete: write the event; return bytes still held for the caller."""
+        rest, self.carry = self.carry, b""
+        self._finish("end", None)
+        return rest
+
+    def close(self) -> None:
+        """The caller closed the response, possibly before reading it all."""
+        self._finish("close", None)
+
+    def error(self, exc: BaseException) -> None:
+        """A network error (or cancellation) before the response or while reading its body."""
+        self._finish("error", exc)
+
+    # -- internals ------------------------------------------------------------------------------
+    def _evict(self) -> None:
+        """Drop the oldest complete events of a long stream, keeping their text for estimates."""
+        data = b"".join(self.chunks)
+        cut = data.rfind(b"\n", 0, len(data) - self.recorder.stream_tail_bytes // 2)
+        if cut < 0:
+            self.chunks = [data]
+            return
+        if self.evicted is None:
+            self.evicted = StreamText(
+                cumulative=self.api_style == "dashscope" and not self.incremental
+            )
+        self.evicted.feed(data[: cut + 1], self.api_style)
+        self.chunks = [data[cut + 1 :]]
+        self.size = len(self.chunks[0])
+
+    def _filter(self, data: bytes) -> bytes:
+        """Remove the usage-only chunk the caller did not ask for; lines pass whole."""
+        if self.carry:
+            data, self.carry = self.carry + data, b""
+        if self.skip_blank:
+            self.skip_blank = False
+            if data.startswith(b"\r\n"):
+                data = data[2:]
+            elif data.startswith(b"\n"):
+                data = data[1:]
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):
+            data, self.carry = data[:cut], data[cut:]
+        if b'"choices":[]' not in data and b'"choices": []' not in data:
+            return data
+        kept: list[bytes] = []
+        lines = data.splitlines(keepends=True)
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if line.startswith(b"data:") and _is_usage_only(line[5:]):
+                i += 1
+                if i < len(lines) and lines[i].strip() == b"":
+                    i += 1
+                elif i >= len(lines):
+                    self.skip_blank = True
+                continue
+            kept.append(line)
+            i += 1
+        return b"".join(kept)
+
+    def _finish(self, how: str, exc: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self._complete(how, exc)
+        except Exception as failure:
+            _failed("building the event", failure)
+            return
+        self.recorder.write(self.event)
+
+    def _complete(self, how: str, exc: BaseException | None) -> None:
+        event = self.event
+        now = time.perf_counter_ns()
+        event.latency_us = (now - self.start_ns) // 1000
+        if self.first_byte_ns is not None:
+            event.first_byte_us = (self.first_byte_ns - self.start_ns) // 1000
+        if self.status is None:
+            event.outcome = "network_error"
+            event.error_code = type(exc).__name__ if exc is not None else "NoResponse"
+            return
+        event.http_status = self.status
+        body = b"".join(self.chunks)
+        header_id = request_id_from_headers(self.response_headers)
+        if self.status >= 400:
+            facts = parse_body(body, self.endpoint)
+            if not facts.error_code and self.sse:
+                facts = parse_stream(body, self.api_style, endpoint=self.endpoint)
+            self._error_outcome(facts.error_code, self.status)
+            event.request_id = facts.request_id or header_id or facts.response_id
+            return
+        if not self.sse:
+            facts = parse_body(body, self.endpoint)
+            event.request_id = facts.request_id or header_id or facts.response_id
+            event.model_returned = facts.model if self.api_style == "openai-compatible" else ""
+            if how == "end":
+                self._usage(facts.usage, "reported")
+            else:
+                event.outcome = "interrupted"
+                self._usage(Usage(input_tokens=self._input_estimate()).consistent(), "estimated")
+            return
+        facts = parse_stream(body, self.api_style, choices=self.choices, endpoint=self.endpoint)
+        event.request_id = facts.request_id or header_id or facts.response_id
+        event.model_returned = facts.model if self.api_style == "openai-compatible" else ""
+        if facts.error_code:
+            self._error_outcome(facts.error_code, facts.error_status or self.status)
+            self._usage(facts.usage, "reported")
+            return
+        finished = facts.done or (how == "end" and self.endpoint not in ("chat", "multimodal"))
+        if finished:
+            if facts.usage is not None:
+                self._usage(facts.usage, "reported")
+            else:
+                self._usage(self._estimate(body), "estimated")
+            return
+        event.outcome = "interrupted"
+        if facts.usage is not None and self.api_style == "dashscope":
+            self._usage(facts.usage, "estimated")  # cumulative usage of the last event received
+        else:
+            self._usage(self._estimate(body), "estimated")
+
+    def _error_outcome(self, code: str, status: int) -> None:
+        self.event.http_status = status
+        self.event.error_code = code
+        self.event.outcome = "denied" if status == 403 and code in DENIED_CODES else "http_error"
+
+    def _usage(self, usage: Usage | None, source: str) -> None:
+        if usage is None:
+            self.event.usage_source = "missing"
+            return
+        event = self.event
+        event.usage_source = source
+        event.input_tokens = usage.input_tokens
+        event.output_tokens = usage.output_tokens
+        event.total_tokens = usage.total_tokens
+        event.cached_tokens = usage.cached_tokens
+        event.cache_creation_tokens = usage.cache_creation_tokens
+        event.reasoning_tokens = usage.reasoning_tokens
+        event.image_tokens = usage.image_tokens
+        event.audio_tokens = usage.audio_tokens
+        event.video_tokens = usage.video_tokens
+        event.audio_output_tokens = usage.audio_output_tokens
+        event.image_count = usage.image_count
+        event.plugins = usage.plugins
+
+    def _input_estimate(self) -> int:
+        return estimate_tokens(request_text(self.request))
+
+    def _estimate(self, body: bytes) -> Usage:
+        text = self.evicted or StreamText(
+            cumulative=self.api_style == "dashscope" and not self.incremental
+        )
+        if self.evicted is not None:
+            body = body[body.find(b"\n") + 1 :]  # the tail's first line may be a fragment
+        text.feed(body, self.api_style)
+        return text.estimate(self._input_estimate())
+
+
+def _is_usage_only(payload: bytes) -> bool:
+    """Whether an SSE data payload is the usage-only chunk (``choices: []`` and a usage)."""
+    data = load_json(payload.strip())
+    return (
+        isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
+    )
+
+
+class _PassThrough(Exchange):
+    """Stands in when reading the request failed: forwards everything, records nothing."""
+
+    def __init__(self, recorder: Recorder) -> None:  # deliberately skips Exchange.__init__
+        self.recorder = recorder
+        self.request_headers = None
+        self.request_body = None
+        self.done = True
+        self.carry = b""
+
+    def check_grants(self) -> None:
+        return
+
+    def response(self, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        return
+
+
+__all__ = [
+    "DENIED_CODES",
+    "BodyFacts",
+    "Exchange",
+    "Recorder",
+    "Sink",
+    "classify",
+    "recording_errors",
+    "region_of_host",
+    "scenario",
+]

@@ -1,0 +1,327 @@
+"""The recording core on its own: exchanges fed by hand into a list-backed sink."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+
+from costsplit.config import Settings, Workspace
+from costsplit.errors import ModelNotGranted
+from costsplit.events import UsageEvent, fingerprint_key
+from costsplit.record import Recorder, classify, recording_errors, region_of_host, scenario
+
+FIXTURES = Path(__file__).parent / "fixtures" / "dashscope"
+KEY = "sk-0123456789abcdef0123456789abcdef"
+INTL = "https://dashscope-intl.aliyuncs.com"
+CHAT = f"{INTL}/compatible-mode/v1/chat/completions"
+NATIVE = f"{INTL}/api/v1/services/aigc/text-generation/generation"
+VOLATILE = ("event_id", "started_at", "latency_us", "first_byte_us")
+
+
+class ListSink(list):
+    def append(self, event: UsageEvent) -> None:
+        super().append(event)
+
+
+def stable(event: UsageEvent) -> dict:
+    return {k: v for k, v in dataclasses.asdict(event).items() if k not in VOLATILE}
+
+
+def recorder(settings: Settings | None = None, **kwargs) -> tuple[Recorder, ListSink]:
+    sink = ListSink()
+    return Recorder(sink, settings or Settings(), **kwargs), sink
+
+
+def headers(**extra: str) -> list[tuple[str, str]]:
+    return [
+        ("Authorization", f"Bearer {KEY}"),
+        ("Content-Type", "application/json"),
+        *extra.items(),
+    ]
+
+
+def test_classify_and_regions():
+    assert classify("/compatible-mode/v1/chat/completions") == ("openai-compatible", "chat", False)
+    assert classify("/compatible-mode/v1/embeddings") == ("openai-compatible", "embedding", False)
+    assert classify("/compatible-mode/v1/batches") == ("openai-compatible", "other", True)
+    assert classify("/api/v1/services/aigc/multimodal-generation/generation") == (
+        "dashscope",
+        "multimodal",
+        False,
+    )
+    assert classify("/api/v1/services/embeddings/text-embedding/text-embedding") == (
+        "dashscope",
+        "embedding",
+        False,
+    )
+    assert region_of_host("dashscope.aliyuncs.com") == ("cn-beijing", "")
+    assert region_of_host("dashscope-us.aliyuncs.com") == ("us-east-1", "")
+    assert region_of_host("cn-hongkong.dashscope.aliyuncs.com") == ("cn-hongkong", "")
+    assert region_of_host("ws-756pfhanyfvqhdkw.eu-central-1.maas.aliyuncs.com") == (
+        "eu-central-1",
+        "ws-756pfhanyfvqhdkw",
+    )
+    assert region_of_host("token-plan.ap-southeast-1.maas.aliyuncs.com") == ("ap-southeast-1", "")
+    assert region_of_host("127.0.0.1") == ("", "")
+
+
+def test_non_streamed_compatible_call_gives_one_whole_event():
+    rec, sink = recorder(scenario="support-bot", tags={"team": "care"})
+    body = orjson.dumps({"model": "qwen-plus", "messages": [{"role": "user", "content": "hi"}]})
+    ex = rec.begin("POST", CHAT, headers(), body)
+    assert (ex.request_headers, ex.request_body) == (None, None)
+    ex.response(200, [("content-type", "application/json"), ("x-request-id", "rid-1")])
+    assert ex.chunk((FIXTURES / "openai_chat.json").read_bytes()) != b""
+    assert ex.end() == b""
+    ex.close()
+    [event] = sink
+    assert stable(event) == stable(
+        UsageEvent(
+            recorder="client",
+            api_style="openai-compatible",
+            endpoint="chat",
+            host="dashscope-intl.aliyuncs.com",
+            region="ap-southeast-1",
+            key_fingerprint=fingerprint_key(KEY),
+            key_hint="…cdef",
+            scenario="support-bot",
+            tags={"team": "care"},
+            model_requested="qwen-plus",
+            model_returned="qwen-plus",
+            request_id="rid-1",
+            http_status=200,
+            usage_source="reported",
+            input_tokens=3019,
+            output_tokens=420,
+            total_tokens=3439,
+            cached_tokens=2048,
+            reasoning_tokens=311,
+        )
+    )
+    assert event.latency_us >= 0 and event.first_byte_us is not None
+
+
+def test_scenario_precedence_and_header_removal():
+    rec, sink = recorder(scenario="default", tags={"a": "1", "b": "1"})
+    with scenario("ctx", b="2", c="2"):
+        ex = rec.begin(
+            "POST",
+            CHAT,
+            headers(**{"X-Costsplit-Scenario": "hdr", "X-Costsplit-Tag-C": "3"}),
+            b'{"model":"qwen-flash"}',
+        )
+    assert ex.request_headers == headers()
+    ex.error(TimeoutError("boom"))
+    [event] = sink
+    assert (event.scenario, event.tags) == ("hdr", {"a": "1", "b": "2", "c": "3"})
+    assert (event.outcome, event.error_code, event.http_status) == (
+        "network_error",
+        "TimeoutError",
+        None,
+    )
+
+
+def test_scenario_is_context_local_across_threads():
+    rec, _ = recorder()
+    seen = {}
+
+    def call(name):
+        with scenario(name):
+            seen[name] = rec.begin("POST", CHAT, headers(), b"{}")
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert {name: ex.event.scenario for name, ex in seen.items()} == {"a": "a", "b": "b"}
+
+
+def test_workspace_from_key_mapping_then_header_then_host():
+    support = Workspace(id="ws-support", name="Support", region="ap-southeast-1",
+                        key_fingerprints=(fingerprint_key(KEY),))  # fmt: skip
+    rec, _ = recorder(Settings(workspaces=(support,)))
+    assert rec.begin("POST", CHAT, headers(), b"{}").event.workspace_observed == "ws-support"
+    rec, _ = recorder()
+    ex = rec.begin("POST", CHAT, headers(**{"X-DashScope-WorkSpace": "llm-abc"}), b"{}")
+    assert ex.event.workspace_observed == "llm-abc"
+    host = "https://ws-756pfhanyfvqhdkw.cn-beijing.maas.aliyuncs.com/compatible-mode/v1/embeddings"
+    ex = rec.begin("POST", host, headers(), b"{}")
+    assert (ex.event.workspace_observed, ex.event.region) == ("ws-756pfhanyfvqhdkw", "cn-beijing")
+
+
+def test_plan_keys_and_hosts():
+    rec, _ = recorder()
+    plan_key = [("Authorization", "Bearer sk-sp-0123456789abcdef")]
+    assert rec.begin("POST", CHAT, plan_key, b"{}").event.billing_plan == "plan"
+    plan_host = (
+        "https://token-plan.cn-beijing.maas.aliyuncs.com/compatible-mode/v1/chat/completions"
+    )
+    event = rec.begin("POST", plan_host, headers(), b"{}").event
+    assert (event.billing_plan, event.region, event.workspace_observed) == (
+        "plan",
+        "cn-beijing",
+        "",
+    )
+    assert rec.begin("POST", CHAT, headers(), b"{}").event.billing_plan == "payg"
+
+
+def test_grants_enforced_before_io():
+    support = Workspace(
+        id="ws-support",
+        name="Support",
+        region="ap-southeast-1",
+        models=("qwen-plus",),
+        key_fingerprints=(fingerprint_key(KEY),),
+    )
+    rec, sink = recorder(Settings(workspaces=(support,), enforce_grants=True))
+    with pytest.raises(ModelNotGranted, match="qwen3-max"):
+        rec.begin("POST", CHAT, headers(), b'{"model":"qwen3-max"}')
+    [event] = sink
+    assert (event.outcome, event.error_code, event.workspace_observed, event.http_status) == (
+        "denied_local",
+        "ModelNotGranted",
+        "ws-support",
+        None,
+    )
+    rec.begin("POST", CHAT, headers(), b'{"model":"qwen-plus"}')
+    rec, sink = recorder(Settings(workspaces=(support,), enforce_grants=False))
+    rec.begin("POST", CHAT, headers(), b'{"model":"qwen3-max"}').close()
+    assert len(sink) == 1
+
+
+def test_include_usage_injected_and_usage_chunk_removed_chunk_for_chunk():
+    rec, sink = recorder()
+    body = b'{"model":"qwen-flash","stream":true,"messages":[]}'
+    ex = rec.begin("POST", CHAT, [*headers(), ("Content-Length", str(len(body)))], body)
+    assert orjson.loads(ex.request_body) == {
+        "model": "qwen-flash",
+        "stream": True,
+        "messages": [],
+        "stream_options": {"include_usage": True},
+    }
+    assert ("Content-Length", str(len(ex.request_body))) in ex.request_headers
+    ex.response(200, [("content-type", "text/event-stream")])
+    events = (FIXTURES / "openai_chat_stream.sse").read_bytes().split(b"\n\n")
+    chunks = [e + b"\n\n" for e in events if e]
+    received = [ex.chunk(c) for c in chunks]
+    assert received == [c if b'"choices":[]' not in c else b"" for c in chunks]
+    ex.end()
+    [event] = sink
+    assert (event.outcome, event.usage_source, event.input_tokens, event.output_tokens) == (
+        "ok",
+        "reported",
+        58,
+        9,
+    )
+    assert (event.streamed, event.model_returned) == (True, "qwen-flash")
+
+
+def test_usage_chunk_removed_across_odd_chunk_boundaries():
+    rec, _ = recorder()
+    ex = rec.begin("POST", CHAT, headers(), b'{"model":"qwen-flash","stream":true}')
+    ex.response(200, [("content-type", "text/event-stream; charset=utf-8")])
+    data = (FIXTURES / "openai_chat_stream.sse").read_bytes()
+    out = b"".join(ex.chunk(data[i : i + 7]) for i in range(0, len(data), 7)) + ex.end()
+    usage_event = next(e for e in data.split(b"\n\n") if b'"choices":[]' in e) + b"\n\n"
+    assert out == data.replace(usage_event, b"")
+
+
+def test_caller_asked_for_usage_gets_it():
+    rec, _ = recorder()
+    body = b'{"model":"m","stream":true,"stream_options":{"include_usage":true}}'
+    ex = rec.begin("POST", CHAT, headers(), body)
+    assert ex.request_body is None
+    ex.response(200, [("content-type", "text/event-stream")])
+    data = (FIXTURES / "openai_chat_stream.sse").read_bytes()
+    assert ex.chunk(data) == data
+
+
+def test_abandoned_compatible_stream_is_interrupted_with_estimates():
+    rec, sink = recorder()
+    message = {"role": "user", "content": "Summarise March spend."}
+    body = orjson.dumps({"model": "qwen-flash", "stream": True, "messages": [message]})
+    ex = rec.begin("POST", CHAT, headers(), body)
+    ex.response(200, [("content-type", "text/event-stream")])
+    events = (FIXTURES / "openai_chat_stream.sse").read_bytes().split(b"\n\n")
+    for e in events[:3]:
+        ex.chunk(e + b"\n\n")
+    ex.close()
+    [event] = sink
+    # "Workspace" + " spend for March" = 25 ASCII characters → ceil(7.5) = 8 tokens;
+    # the request text "Summarise March spend." = 22 characters → ceil(6.6) = 7 tokens.
+    assert (event.outcome, event.usage_source) == ("interrupted", "estimated")
+    assert (event.input_tokens, event.output_tokens, event.total_tokens) == (7, 8, 15)
+
+
+def test_broken_native_stream_keeps_the_last_cumulative_usage():
+    rec, sink = recorder()
+    ex = rec.begin(
+        "POST", NATIVE, headers(**{"X-DashScope-SSE": "enable"}), b'{"model":"qwen-plus"}'
+    )
+    assert ex.request_body is None
+    ex.response(200, [("content-type", "text/event-stream;charset=UTF-8")])
+    events = (FIXTURES / "native_text_stream.sse").read_bytes().split(b"\n\n")
+    for e in events[:3]:
+        ex.chunk(e + b"\n\n")
+    ex.error(ConnectionResetError())
+    [event] = sink
+    assert (event.outcome, event.usage_source, event.output_tokens, event.reasoning_tokens) == (
+        "interrupted",
+        "estimated",
+        14,
+        10,
+    )
+    assert (event.model_requested, event.model_returned) == ("qwen-plus", "")
+
+
+def test_caller_closing_after_done_is_ok():
+    rec, sink = recorder()
+    ex = rec.begin("POST", CHAT, headers(), b'{"model":"m","stream":true}')
+    ex.response(200, [("content-type", "text/event-stream")])
+    ex.chunk((FIXTURES / "openai_chat_stream.sse").read_bytes())
+    ex.close()
+    assert sink[0].outcome == "ok"
+
+
+@pytest.mark.parametrize(
+    ("status", "name", "outcome", "code", "request_id"),
+    [
+        (403, "openai_error_access_denied.json", "denied", "Model.AccessDenied",
+         "5d2c8e91-04ab-9c7f-a3e6-1b9f0d27c8a4"),
+        (403, "native_error_access_denied.json", "denied", "Model.AccessDenied",
+         "c81f2a40-6e3d-9b57-a1c4-7f0e92d5b316"),
+    ],
+)  # fmt: skip
+def test_error_envelopes(status, name, outcome, code, request_id):
+    rec, sink = recorder()
+    ex = rec.begin("POST", NATIVE, headers(), b'{"model":"qwen3-max"}')
+    ex.response(status, [("content-type", "application/json"), ("x-request-id", "other")])
+    ex.chunk((FIXTURES / name).read_bytes())
+    ex.end()
+    [event] = sink
+    assert (event.outcome, event.error_code, event.request_id, event.http_status) == (
+        outcome,
+        code,
+        request_id,
+        status,
+    )
+    assert (event.usage_source, event.input_tokens) == ("missing", 0)
+
+
+def test_recording_failures_are_counted_never_raised():
+    class Broken:
+        def append(self, event):
+            raise OSError("disk full")
+
+    rec = Recorder(Broken(), Settings())
+    before = recording_errors()
+    ex = rec.begin("POST", CHAT, headers(), b"{}")
+    ex.response(200, [])
+    assert ex.chunk(b"{}") == b"{}"
+    ex.end()
+    assert recording_errors() == before + 1
