@@ -149,9 +149,10 @@ async def _answer(request: Request, api_style: str, endpoint: str) -> Any:
             else:
                 answer = native.embedding_body(body, request_id)
             return await _delayed(_json(answer, 200, headers), faults)
-        plan = plan_request(body, api_style, endpoint, region=region)
+        block = config.cache_block
+        plan = plan_request(body, api_style, endpoint, region=region, cache_block=block)
         if state.cache_hit(plan.cache_key):
-            plan = plan_request(body, api_style, endpoint, region=region, cache_hit=True)
+            plan = replace(plan, cached_tokens=(plan.prefix_tokens // block) * block)
         stream = sse or (api_style == "compatible" and body.get("stream") is True)
         if not stream:
             if chat:

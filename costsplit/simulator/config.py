@@ -20,6 +20,8 @@ from typing import Any
 from costsplit.errors import ConfigError
 
 REGION_SHORT = {"ap-southeast-1": "intl", "cn-beijing": "cn", "us-east-1": "us"}
+# the default world also declares the keys of the paired region, which this one refuses (401)
+_PAIRED = {"ap-southeast-1": ("cn-beijing",), "cn-beijing": ("ap-southeast-1",)}
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,11 @@ class SimulatorConfig:
         """The demo world: a default workspace (all models) and two restricted ones, one key each.
 
         Keys are ``sk-sim-{default,support,research}-<short>`` with short ``intl`` for
-        ap-southeast-1 and ``cn`` for cn-beijing.
+        ap-southeast-1 and ``cn`` for cn-beijing. The paired region's keys are declared too
+        (with their region), so using one here is answered 401 as on the real service.
         """
         if region not in REGION_SHORT:
             raise ConfigError(f"simulator region {region!r} is not one of {sorted(REGION_SHORT)}")
-        short = REGION_SHORT[region]
         workspaces = (
             SimWorkspace("ws-default0000000", "Default workspace", None),
             SimWorkspace(
@@ -113,10 +115,10 @@ class SimulatorConfig:
                 ("qwen3-max", "qwen-plus", "qwen-vl-max", "qwen3-vl-plus"),
             ),
         )
-        keys = (
-            SimKey(f"sk-sim-default-{short}", "ws-default0000000", region),
-            SimKey(f"sk-sim-support-{short}", "ws-support0000000", region),
-            SimKey(f"sk-sim-research-{short}", "ws-research000000", region),
+        keys = tuple(
+            SimKey(f"sk-sim-{role}-{REGION_SHORT[key_region]}", ws.id, key_region)
+            for key_region in (region, *(r for r in _PAIRED.get(region, ()) if r != region))
+            for role, ws in zip(("default", "support", "research"), workspaces, strict=True)
         )
         return cls(region=region, workspaces=workspaces, keys=keys, **overrides)
 

@@ -15,7 +15,7 @@ usage the simulator will report. The rules (all constants below):
 * implicit cache: on a cache-capable model requested by its canonical name (snapshots and
   aliases do not cache), when this server saw the same model with the same prefix (every message
   but the last) before, ``cached_tokens`` = the prefix tokens rounded down to a multiple of 256,
-  if that is at least 256.
+  if that is at least 256 (``cache_block``, a config knob).
 """
 
 from __future__ import annotations
@@ -152,7 +152,13 @@ def embedding_texts(body: dict[str, Any], api_style: str) -> list[str]:
 
 
 def plan_request(
-    body: dict[str, Any], api_style: str, endpoint: str, *, region: str, cache_hit: bool = False
+    body: dict[str, Any],
+    api_style: str,
+    endpoint: str,
+    *,
+    region: str,
+    cache_hit: bool = False,
+    cache_block: int = CACHE_BLOCK,
 ) -> Plan:
     """The plan for a chat or generation request (raises SimulatedError 400 when malformed)."""
     if endpoint not in ENDPOINTS.get(api_style, ()):
@@ -169,9 +175,9 @@ def plan_request(
     prefix_tokens = sum(t for t, _ in per_message[:-1])
     caches = info is not None and info.implicit_cache and info.name == model
     cache_key = None
-    if caches and prefix_tokens >= CACHE_BLOCK:
+    if caches and prefix_tokens >= cache_block:
         cache_key = f"{model}:{stable_hash(json.dumps(messages[:-1], sort_keys=True))}"
-    cached = (prefix_tokens // CACHE_BLOCK) * CACHE_BLOCK if cache_key and cache_hit else 0
+    cached = (prefix_tokens // cache_block) * cache_block if cache_key and cache_hit else 0
 
     seed = _int_param(params, "seed", None)
     if seed is None:
@@ -291,6 +297,7 @@ def usage_for(
     *,
     region: str = "ap-southeast-1",
     cache_hit: bool = False,
+    cache_block: int = CACHE_BLOCK,
 ) -> dict[str, Any]:
     """The exact final usage the simulator reports for this request (non-streaming shape).
 
@@ -300,5 +307,7 @@ def usage_for(
     """
     if endpoint in ("embeddings", "text-embedding"):
         return embedding_usage(body, api_style)
-    plan = plan_request(body, api_style, endpoint, region=region, cache_hit=cache_hit)
+    plan = plan_request(
+        body, api_style, endpoint, region=region, cache_hit=cache_hit, cache_block=cache_block
+    )
     return wire_usage(plan, api_style, endpoint, region)
