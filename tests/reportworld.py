@@ -15,7 +15,7 @@ from costsplit import rollup
 from costsplit.config import load_settings
 from costsplit.events import UsageEvent, fingerprint_key
 from costsplit.store import connect
-from tests.eventrows import insert_events
+from eventrows import insert_events
 
 KEYS = {
     "support": "sk-test-support-0001",
