@@ -11,11 +11,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from eventrows import insert_events
+
 from costsplit import rollup
 from costsplit.config import load_settings
 from costsplit.events import UsageEvent, fingerprint_key
 from costsplit.store import connect
-from eventrows import insert_events
 
 KEYS = {
     "support": "sk-test-support-0001",

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from reportworld import build_world
 
 from costsplit import rollup
 from costsplit.digest import last_week, week_bounds, weekly_digest
@@ -34,7 +35,6 @@ from costsplit.money import apportion, percentages, round_total
 from costsplit.render import monthly_csv
 from costsplit.report import last_month, month_bounds, monthly_report
 from costsplit.store import connect
-from reportworld import build_world
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
