@@ -23,6 +23,8 @@ class SimulatedError(Exception):
     compat_type: str
     message: str
     compat_message: str | None = None
+    # the gateway refuses a bad key before the chat service: those bodies carry no "id"
+    chat_id: bool = True
 
     def native_body(self, request_id: str) -> dict[str, Any]:
         return {"code": self.native_code, "message": self.message, "request_id": request_id}
@@ -36,7 +38,7 @@ class SimulatedError(Exception):
                 "code": self.compat_code,
             }
         }
-        if chat:
+        if chat and self.chat_id:
             body["id"] = f"chatcmpl-{request_id}"
         body["request_id"] = request_id
         return body
@@ -51,6 +53,7 @@ def invalid_api_key() -> SimulatedError:
         "invalid_request_error",
         "Invalid API-key provided.",
         f"Incorrect API key provided. For details, see: {_DOCS}#apikey-error",
+        chat_id=False,
     )
 
 
