@@ -43,10 +43,9 @@ NOW = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     folder = tmp_path_factory.mktemp("world")
-    os.environ["COSTSPLIT_HOME"] = str(
-        folder / "home"
-    )  # module scope: the autouse fixture is per test
-    settings = build_world(folder)
+    with pytest.MonkeyPatch.context() as patch:  # module scope: the autouse fixture is per test
+        patch.setenv("COSTSPLIT_HOME", str(folder / "home"))
+        settings = build_world(folder)
     with connect(settings.database) as con:
         report = monthly_report(con, settings, "2026-10", now=NOW)
         rows = rollup.spend_rows(con, settings, date(2026, 10, 1), date(2026, 11, 1))
@@ -120,7 +119,7 @@ def test_email_file_structure_matches_golden(world):
 
 
 def test_report_totals_equal_the_rollup(world):
-    settings, report, rows, _ = world
+    _, report, rows, _ = world
     exact = {}
     for row in rows:
         exact[row.currency] = exact.get(row.currency, Decimal(0)) + row.cost
