@@ -144,4 +144,134 @@ def simulate(host: str, port: int, region: str | None, sim_config: str | None) -
 
 # --- reports: report, scheduler, demo ---------------------------------------------------------
 
+
+@main.group()
+def report() -> None:
+    """Render reports to files: the monthly cost split, workspace statements, the digest."""
+
+
+@report.command("monthly")
+@config_option
+@month_option
+@click.option("--workspace", default=None, help="Only this workspace (its statement).")
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["html", "csv", "email", "text"]),
+    multiple=True,
+    help="Output format; repeat for several (default: html, csv and email).",
+)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder.")
+def report_monthly(
+    config_path: str | None,
+    month: str | None,
+    workspace: str | None,
+    formats: tuple[str, ...],
+    out: str | None,
+) -> None:
+    """Write the monthly cost-split report (default: the month just ended) as files.
+
+    Files go to OUT (default: the reporting output folder / YYYY-MM/): an HTML page with
+    everything inline, a CSV with exact decimals for finance and an .eml email file.
+
+    Example: costsplit report monthly --month 2026-10 --format html --format csv
+    """
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from costsplit.jobs import write_monthly
+    from costsplit.report import last_month
+
+    settings = load(config_path)
+    month = month or last_month(datetime.now(UTC), settings.timezone)
+    paths = write_monthly(
+        settings,
+        month,
+        formats=formats or ("html", "csv", "email"),
+        out=Path(out) if out else None,
+        workspace=workspace,
+    )
+    for path in paths:
+        click.echo(str(path))
+
+
+@report.command("digest")
+@config_option
+@click.option("--week", metavar="YYYY-Www", default=None, help="ISO week (default: last week).")
+@click.option(
+    "--format",
+    "formats",
+    type=click.Choice(["html", "email", "text"]),
+    multiple=True,
+    help="Output format; repeat for several (default: html).",
+)
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder.")
+def report_digest(
+    config_path: str | None, week: str | None, formats: tuple[str, ...], out: str | None
+) -> None:
+    """Write the weekly scenario digest (this week against last, budgets) as files.
+
+    Example: costsplit report digest --week 2026-W44
+    """
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    from costsplit.digest import last_week
+    from costsplit.jobs import write_digest
+
+    settings = load(config_path)
+    week = week or last_week(datetime.now(UTC), settings.timezone)
+    out_dir = Path(out) if out else None
+    paths = write_digest(settings, week, formats=formats or ("html",), out=out_dir)
+    for path in paths:
+        click.echo(str(path))
+
+
+@command()
+@config_option
+def scheduler(config_path: str | None) -> None:
+    """Run the schedule in the foreground: ingest, rollup, budget alerts, reports by email.
+
+    Intervals and cron lines come from [schedules] (cron in the reporting timezone); runs
+    missed while it was stopped are caught up on start. Stop it with Ctrl-C.
+
+    Example: costsplit scheduler --config config/costsplit.toml
+    """
+    import contextlib
+    import logging
+
+    from costsplit.scheduler import build_scheduler
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = load(config_path)
+    runner = build_scheduler(settings)
+    for job in runner.get_jobs():
+        click.echo(f"{job.id:<16} {job.trigger}", err=True)
+    with contextlib.suppress(KeyboardInterrupt, SystemExit):
+        runner.start()
+
+
+@command()
+@click.option("--calls", type=click.IntRange(100), default=20_000, show_default=True, help="Calls.")
+@click.option(
+    "--folder",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Demo home (default: ~/.costsplit/demo).",
+)
+def demo(calls: int, folder: str | None) -> None:
+    """Run the whole product on a simulated month: no credentials, no network.
+
+    Starts local Model Studio simulators (Singapore and Beijing), drives a month of traffic
+    through the recording client, ingests, rolls up and renders the monthly report (HTML, CSV,
+    email). Everything lives in its own folder, never in your data.
+
+    Example: costsplit demo --calls 20000
+    """
+    from pathlib import Path
+
+    from costsplit.demo import run_demo
+
+    run_demo(calls=calls, folder=Path(folder) if folder else None, console=True)
+
 # --- proxy: proxy ----------------------------------------------------------------------------
