@@ -355,3 +355,43 @@ def test_model_list_is_the_regions_price_book_with_aliases(simulator, simulator_
     assert status(simulator, "qwen-long", INTL) == 404  # mainland only
     assert status(simulator_cn, "qwen-long", CN) == 200
     assert status(simulator, "gpt-4o", INTL) == 404
+
+
+def test_compatible_vision_chat_reports_text_and_image_tokens(simulator):
+    content = [
+        {"type": "image_url", "image_url": {"url": "https://example.com/chart.png"}},
+        {"type": "text", "text": "Describe the chart."},  # 19 characters: 5 tokens
+    ]
+    body = {"model": "qwen3-vl-plus", "messages": [{"role": "user", "content": content}], "seed": 0}
+    usage = post(simulator, CHAT, body).json()["usage"]
+    assert usage == {
+        "prompt_tokens": 1036,
+        "completion_tokens": 16,
+        "total_tokens": 1052,
+        "prompt_tokens_details": {"text_tokens": 12, "image_tokens": 1024, "cached_tokens": 0},
+        "completion_tokens_details": {"text_tokens": 16},
+    }
+
+
+def test_requests_are_kept_as_received(simulator):
+    post(simulator, CHAT, chat(), headers={**INTL, "X-Costsplit-Scenario": "triage"})
+    (seen,) = simulator.requests
+    assert (seen.method, seen.path, seen.json()) == ("POST", CHAT, chat())
+    assert seen.headers["x-costsplit-scenario"] == "triage"
+
+
+def test_cli_simulate_prints_its_base_url_and_serves(tmp_path):
+    import subprocess
+    import sys
+
+    run_cli = "from costsplit.cli import main; main()"
+    command = [sys.executable, "-c", run_cli, "simulate", "--region", "cn-beijing"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        try:
+            base_url = process.stdout.readline().decode().strip()
+            assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base_url)
+            response = httpx.post(base_url + CHAT, json=chat(), headers=CN)
+            assert response.status_code == 200
+        finally:
+            process.terminate()
+            process.wait(timeout=10)

@@ -14,6 +14,7 @@ import asyncio
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,6 +40,7 @@ from costsplit.simulator.envelopes import (
 from costsplit.simulator.faults import FAULT_HEADER, Faults, RateLimiter, SeededDraw, parse_faults
 from costsplit.simulator.usage import plan_request
 
+REQUEST_LOG_SIZE = 1000
 _KINDS = {
     "chat": ("chat", "vision", "omni", "translation"),
     "embeddings": ("embedding",),
@@ -69,7 +71,8 @@ class SimulatorState:
         self.models = region_models(config.region)
         self.limiter = RateLimiter(dict(config.rpm_limits))
         self.draw = SeededDraw(config.seed)
-        self.requests: list[SeenRequest] = []
+        # the latest requests only, so a long demo or benchmark run stays small
+        self.requests: deque[SeenRequest] = deque(maxlen=REQUEST_LOG_SIZE)
         self._prefixes: set[str] = set()
         self._lock = threading.Lock()
 

@@ -94,7 +94,7 @@ class RunningSimulator:
 
     @property
     def requests(self) -> list[SeenRequest]:
-        """Every request received so far, in order (method, path, headers, body)."""
+        """The latest 1,000 requests received, in order: method, path, headers, body."""
         return list(self.state.requests)
 
     def stop(self) -> None:

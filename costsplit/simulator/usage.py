@@ -126,12 +126,14 @@ def _params(body: dict[str, Any], api_style: str) -> dict[str, Any]:
     return params
 
 
-def _int_param(params: dict[str, Any], name: str, default: int | None) -> int | None:
+def _int_param(
+    params: dict[str, Any], name: str, default: int | None, minimum: int = 1
+) -> int | None:
     value = params.get(name, default)
     if value is None:
         return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise invalid_parameter(f"Parameter {name} must be a positive integer.")
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise invalid_parameter(f"Parameter {name} must be an integer of at least {minimum}.")
     return value
 
 
@@ -179,7 +181,7 @@ def plan_request(
         cache_key = f"{model}:{stable_hash(json.dumps(messages[:-1], sort_keys=True))}"
     cached = (prefix_tokens // cache_block) * cache_block if cache_key and cache_hit else 0
 
-    seed = _int_param(params, "seed", None)
+    seed = _int_param(params, "seed", None, minimum=0)
     if seed is None:
         seed = stable_hash(json.dumps(messages, sort_keys=True))
     max_tokens = _int_param(params, "max_tokens", None) or _int_param(
