@@ -275,3 +275,36 @@ def demo(calls: int, folder: str | None) -> None:
     run_demo(calls=calls, folder=Path(folder) if folder else None, console=True)
 
 # --- proxy: proxy ----------------------------------------------------------------------------
+
+
+@command()
+@config_option
+@click.option("--host", default=None, help="Address to listen on (default: proxy.host).")
+@click.option("--port", type=int, default=None, help="Port to listen on (default: proxy.port).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, help="Processes on the port.")
+@click.option("--no-record", is_flag=True, help="Forward only, record nothing (to measure).")
+def proxy(
+    config_path: str | None, host: str | None, port: int | None, workers: int, no_record: bool
+) -> None:
+    """Record any client by changing its base URL: forward to Model Studio and record each call.
+
+    Forwards /compatible-mode/v1/... and /api/v1/... to the default route of [proxy] (the
+    built-in routes are singapore, beijing, virginia and hongkong). Pick another route with the
+    path prefix /r/ROUTE/ or the header X-Costsplit-Route. Authorization passes through
+    untouched; X-Costsplit-Scenario and X-Costsplit-Tag-* headers attribute the call.
+
+    Example: costsplit proxy --port 8787
+    (then the base URL is http://127.0.0.1:8787/compatible-mode/v1)
+    """
+    from costsplit.proxy import RouteTable, serve
+
+    settings = load(config_path)
+    table = RouteTable.from_settings(settings.proxy)
+    shown_host = host or settings.proxy.host
+    shown_port = settings.proxy.port if port is None else port
+    routes = ", ".join(
+        f"{name}{' (default)' if name == table.default else ''} → {route.upstream}"
+        for name, route in table.routes.items()
+    )
+    click.echo(f"costsplit proxy on http://{shown_host}:{shown_port}  routes: {routes}", err=True)
+    serve(settings, host=host, port=port, workers=workers, record=not no_record)

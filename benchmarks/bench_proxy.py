@@ -1,0 +1,252 @@
+"""Benchmark the recording proxy with wrk on loopback (bounded: about a minute by default).
+
+Targets (issue 7), recording on, one proxy process:
+  - added p50 <= 0.5 ms at 1 concurrent (proxy p50 minus the upstream's own p50);
+  - >= 3,000 requests/s at 32 concurrent;
+  - >= 90% of the ideal throughput with a 200 ms upstream and 128 in flight (ideal = 640/s);
+  - recording costs <= 20% of the throughput of the same proxy with --no-record.
+
+The upstream is a minimal asyncio HTTP/1.1 server in its own process that answers every request
+with a fixed compatible-mode chat completion (usage included), instantly or after a delay.
+Each figure is the median of --repeats runs of wrk (one thread). The benchmark installs
+nothing: without wrk it says how to get it and exits.
+
+    python benchmarks/bench_proxy.py [--duration 4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+UPSTREAM = r"""
+import asyncio, sys
+BODY = (b'{"id":"chatcmpl-0b1e4d1c-6f7a-9c1e-8d3b-2a4c5e6f7a8b","object":"chat.completion",'
+        b'"created":1767225600,"model":"qwen-plus","choices":[{"index":0,"finish_reason":"stop",'
+        b'"message":{"role":"assistant","content":"Hello from the instant upstream."}}],'
+        b'"usage":{"prompt_tokens":21,"completion_tokens":7,"total_tokens":28,'
+        b'"prompt_tokens_details":{"cached_tokens":0}}}')
+RESP = (b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"x-request-id: 0b1e4d1c-6f7a-9c1e-8d3b-2a4c5e6f7a8b\r\ncontent-length: %d\r\n\r\n%s"
+        % (len(BODY), BODY))
+DELAY = float(sys.argv[2])
+
+class Upstream(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport, self.buffer = transport, b""
+    def data_received(self, data):
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head, length = self.buffer[:end].lower(), 0
+            if (at := head.find(b"content-length:")) >= 0:
+                length = int(head[at + 15:].split(b"\r\n", 1)[0])
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length:]
+            if DELAY:
+                asyncio.get_running_loop().call_later(DELAY, self.reply)
+            else:
+                self.transport.write(RESP)
+    def reply(self):
+        if not self.transport.is_closing():
+            self.transport.write(RESP)
+
+async def main():
+    server = await asyncio.get_running_loop().create_server(
+        Upstream, "127.0.0.1", int(sys.argv[1]), backlog=2048)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"model":"qwen-plus","messages":[{"role":"user","content":"Say hello."}]}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer sk-bench-0000000000000000"
+wrk.headers["X-Costsplit-Scenario"] = "bench"
+"""
+
+PATH = "/compatible-mode/v1/chat/completions"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, deadline: float = 20.0) -> None:
+    until = time.monotonic() + deadline
+    while time.monotonic() < until:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on port {port} after {deadline} s")
+
+
+def wrk(url: str, connections: int, duration: float, script: Path) -> tuple[float, float]:
+    """(requests/s, p50 in ms) of one wrk run."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration:g}s",
+            "--latency",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+    value, unit = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+    p50 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    if "Non-2xx" in out or "Socket errors" in out:
+        print(textwrap.indent(out, "    "), file=sys.stderr)
+    return rps, p50
+
+
+def median_wrk(url, connections, duration, script, repeats) -> tuple[float, float]:
+    runs = [wrk(url, connections, duration, script) for _ in range(repeats)]
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+class Processes:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[subprocess.Popen] = []
+
+    def upstream(self, delay: float) -> int:
+        port = free_port()
+        script = self.workdir / "upstream.py"
+        script.write_text(UPSTREAM)
+        self.started.append(subprocess.Popen([sys.executable, str(script), str(port), str(delay)]))
+        wait_port(port)
+        return port
+
+    def proxy(self, upstream_port: int, record: bool) -> int:
+        port = free_port()
+        home = self.workdir / f"home-{port}"
+        config = self.workdir / f"proxy-{port}.toml"
+        config.write_text(
+            "[storage]\n"
+            f'home = "{home}"\n'
+            "[proxy]\n"
+            "[[proxy.routes]]\n"
+            'name = "bench"\n'
+            f'upstream = "http://127.0.0.1:{upstream_port}"\n'
+            'region = "ap-southeast-1"\n'
+        )
+        args = [
+            sys.executable,
+            "-c",
+            "from costsplit.cli import main; main()",
+            "proxy",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+        ]
+        if not record:
+            args.append("--no-record")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COSTSPLIT_")}
+        self.started.append(subprocess.Popen(args, env=env, stderr=subprocess.DEVNULL))
+        wait_port(port)
+        return port
+
+    def close(self) -> None:
+        for process in self.started:
+            process.terminate()
+        for process in self.started:
+            process.wait(timeout=10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=3, help="wrk runs per figure (median)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print(
+            "bench_proxy: wrk is not installed; get it with `apt-get install wrk` "
+            "(Debian/Ubuntu) or `brew install wrk` (macOS). Skipped."
+        )
+        return 0
+    with tempfile.TemporaryDirectory(prefix="costsplit-bench-proxy-") as tmp:
+        workdir = Path(tmp)
+        script = workdir / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        procs = Processes(workdir)
+        try:
+            instant = procs.upstream(0.0)
+            slow = procs.upstream(0.2)
+            recorded = procs.proxy(instant, record=True)
+            bare = procs.proxy(instant, record=False)
+            recorded_slow = procs.proxy(slow, record=True)
+            d, n = args.duration, args.repeats
+            for port in (instant, recorded, bare, slow, recorded_slow):  # warm up
+                wrk(f"http://127.0.0.1:{port}{PATH}", 4, 1, script)
+
+            _, direct_p50 = median_wrk(f"http://127.0.0.1:{instant}{PATH}", 1, d, script, n)
+            _, proxy_p50 = median_wrk(f"http://127.0.0.1:{recorded}{PATH}", 1, d, script, n)
+            rec_rps, rec_p50 = median_wrk(f"http://127.0.0.1:{recorded}{PATH}", 32, d, script, n)
+            bare_rps, _ = median_wrk(f"http://127.0.0.1:{bare}{PATH}", 32, d, script, n)
+            slow_rps, _ = median_wrk(f"http://127.0.0.1:{recorded_slow}{PATH}", 128, d, script, n)
+        finally:
+            procs.close()
+        spooled = sum(
+            len(p.read_bytes().splitlines()) for p in workdir.glob("home-*/spool/*.jsonl")
+        )
+
+    ideal = 128 / 0.2
+    added = proxy_p50 - direct_p50
+    cost = 1 - rec_rps / bare_rps
+    rows = [
+        ("added p50, 1 concurrent", f"{added:.3f} ms", "<= 0.5 ms", added <= 0.5),
+        (
+            "requests/s, 32 concurrent",
+            f"{rec_rps:,.0f}/s (p50 {rec_p50:.2f} ms)",
+            ">= 3,000/s",
+            rec_rps >= 3000,
+        ),
+        (
+            "200 ms upstream, 128 in flight",
+            f"{slow_rps:,.0f}/s = {slow_rps / ideal:.0%} of {ideal:.0f}",
+            ">= 90%",
+            slow_rps / ideal >= 0.9,
+        ),
+        (
+            "recording cost at 32 concurrent",
+            f"{cost:.0%} ({bare_rps:,.0f}/s without)",
+            "<= 20%",
+            cost <= 0.2,
+        ),
+    ]
+    print(
+        f"bench_proxy: wrk, {n} x {d:g} s per figure (median); upstream p50 direct "
+        f"{direct_p50:.3f} ms; {spooled:,} events spooled"
+    )
+    for name, value, target, ok in rows:
+        print(f"  {name:<32} {value:<40} target {target:<10} {'ok' if ok else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""One proxied call: read the caller's request, send it upstream, relay the answer as it comes.
+
+The handler reads the whole request body (bounded by ``max_body_bytes``: requests to Model
+Studio are small JSON documents), hands the exchange to the recording core through
+``costsplit.proxy.recording``, and sends the rewritten request upstream on the one shared
+``aiohttp.ClientSession`` (httpx's pool collapses under concurrency, aiohttp's does not).
+
+A JSON answer is read whole and returned with its status and headers. A ``text/event-stream``
+answer is relayed chunk by chunk as each arrives (``iter_any``: no buffering, so the first byte
+reaches the caller as soon as it leaves upstream); the recording core sees every chunk and may
+drop the usage-only chunk it asked for on the caller's behalf.
+
+The server cancels the handler when the caller goes away (``handler_cancellation``); the
+``async with`` then closes the upstream connection, so Model Studio stops generating, and the
+exchange is recorded as ``interrupted``. An upstream that cannot be reached or does not answer
+in time gets a 502 or 504 in the API style of the path, and a ``network_error`` event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from costsplit.errors import ModelNotGranted
+from costsplit.proxy.envelopes import ERROR_HEADER, error_body
+from costsplit.proxy.recording import Passthrough, ProxyRecording, relay_chunk
+from costsplit.proxy.routes import ROUTE_HEADER, RouteError, RouteTable, error_style
+
+# Never forwarded upstream: hop-by-hop headers, what aiohttp recomputes, and Accept-Encoding,
+# so the answer arrives uncompressed and its usage can be read on the way through.
+REQUEST_DROP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "expect",
+    }
+)
+RESPONSE_DROP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-encoding",
+    }
+)
+
+
+class Forwarder:
+    """The request handler of the proxy: one instance per server, shared by all requests."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        recording: ProxyRecording | Passthrough,
+        *,
+        max_body_bytes: int,
+        max_header_bytes: int,
+        timeout_seconds: float,
+    ) -> None:
+        self.table = table
+        self.recording = recording
+        self.max_body_bytes = max_body_bytes
+        self.max_header_bytes = max_header_bytes
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=min(10.0, timeout_seconds), sock_read=timeout_seconds
+        )
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self, _app: web.Application | None = None) -> None:
+        """Open the shared upstream session (on the server's event loop)."""
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=self.timeout,
+        )
+
+    async def close(self, _app: web.Application | None = None) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
+        if header_bytes > self.max_header_bytes:
+            return _error(
+                431,
+                error_style(path),
+                "headers_too_large",
+                f"Request headers are {header_bytes} bytes; the proxy accepts at most "
+                f"{self.max_header_bytes}.",
+            )
+        try:
+            target = self.table.resolve(
+                path, request.query_string, request.headers.get(ROUTE_HEADER)
+            )
+        except RouteError as exc:
+            return _error(exc.status, error_style(path), exc.code, exc.message)
+        declared = request.content_length
+        if declared is not None and declared > self.max_body_bytes:
+            return self._too_large(target.api_style, declared)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large(target.api_style, None)
+
+        headers = request.headers.items()
+        try:
+            exchange = self.recording.begin(request.method, target, headers, body)
+        except ModelNotGranted as exc:
+            return _error(403, target.api_style, "model_not_granted", f"{exc}.")
+        assert self.session is not None, "Forwarder.start() was not awaited"
+        try:
+            upstream = await self.session.request(
+                request.method,
+                target.url,
+                data=body if exchange.request_body is None else exchange.request_body,
+                headers=_forward_headers(exchange.request_headers or headers),
+                allow_redirects=False,
+            )
+        except asyncio.CancelledError:
+            exchange.close()
+            raise
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            exchange.error(exc)
+            return _error(504, target.api_style, "upstream_timeout", _upstream_said(target, exc))
+        except aiohttp.ClientConnectorError as exc:
+            exchange.error(exc)
+            return _error(
+                502, target.api_style, "upstream_unreachable", _upstream_said(target, exc)
+            )
+        except aiohttp.ClientError as exc:
+            exchange.error(exc)
+            return _error(502, target.api_style, "upstream_error", _upstream_said(target, exc))
+        async with upstream:
+            exchange.response(upstream.status, upstream.headers.items())
+            if upstream.content_type == "text/event-stream":
+                return await self._relay_stream(request, upstream, exchange)
+            try:
+                data = await upstream.read()
+            except asyncio.CancelledError:
+                exchange.close()
+                raise
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                exchange.error(exc)
+                return _error(502, target.api_style, "upstream_error", _upstream_said(target, exc))
+            exchange.chunk(data)
+            exchange.end()
+            return web.Response(
+                body=data,
+                status=upstream.status,
+                headers=_response_headers(upstream.raw_headers, stream=False),
+            )
+
+    async def _relay_stream(self, request, upstream, exchange) -> web.StreamResponse:
+        response = web.StreamResponse(
+            status=upstream.status, headers=_response_headers(upstream.raw_headers, stream=True)
+        )
+        try:
+            await response.prepare(request)
+            async for piece in upstream.content.iter_any():
+                out = relay_chunk(exchange, piece)
+                if out:
+                    await response.write(out)
+            rest = exchange.end()
+            if rest:
+                await response.write(rest)
+        except asyncio.CancelledError:
+            # The caller went away (the server cancels the handler): close upstream so Model
+            # Studio stops generating; the event says interrupted.
+            exchange.close()
+            upstream.close()
+            raise
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            exchange.close()
+            upstream.close()
+            return response
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # Upstream broke mid-stream: the status is sent, so end the caller's stream abruptly.
+            exchange.error(exc)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    def _too_large(self, style: str, declared: int | None) -> web.Response:
+        size = f"{declared} bytes" if declared is not None else "larger than that"
+        return _error(
+            413,
+            style,
+            "request_too_large",
+            f"Request body is {size}; the proxy accepts at most {self.max_body_bytes} bytes.",
+        )
+
+
+def _forward_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict:
+    out: CIMultiDict = CIMultiDict()
+    for name, value in headers:
+        lower = name.lower()
+        if lower in REQUEST_DROP or lower.startswith("x-costsplit-"):
+            continue
+        out.add(name, value)
+    return out
+
+
+def _response_headers(raw: Iterable[tuple[bytes, bytes]], *, stream: bool) -> CIMultiDict:
+    """Upstream's headers as received (names in their own case, in order), minus hop-by-hop
+    ones; a relayed stream also drops Content-Length (it is sent chunked)."""
+    out: CIMultiDict = CIMultiDict()
+    for name, value in raw:
+        text = name.decode("latin-1")
+        lower = text.lower()
+        if lower in RESPONSE_DROP or (stream and lower == "content-length"):
+            continue
+        out.add(text, value.decode("latin-1"))
+    return out
+
+
+def _upstream_said(target, exc: BaseException) -> str:
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        reason = "no answer in time"
+    return f"Upstream {target.route.name!r} ({target.route.upstream}) failed: {reason}."
+
+
+def _error(status: int, style: str, code: str, message: str) -> web.Response:
+    return web.Response(
+        body=error_body(style, code, message),
+        status=status,
+        content_type="application/json",
+        headers={ERROR_HEADER: code},
+    )
