@@ -92,6 +92,32 @@ def fingerprint(env_var: str | None) -> None:
 
 # --- store: ingest ----------------------------------------------------------------------------
 
+
+@command()
+@config_option
+@json_option
+def ingest(config_path: str | None, as_json: bool) -> None:
+    """Move recorded events from the spool into the database, each exactly once.
+
+    Safe to run at any time and as often as you like: lines already ingested are skipped,
+    a locked database leaves the spool untouched for the next run.
+
+    Example: costsplit ingest --config config/costsplit.toml
+    """
+    import dataclasses
+    import json
+
+    from costsplit.ingest import ingest_spool
+
+    result = ingest_spool(load(config_path))
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result)))
+    else:
+        click.echo(
+            f"ingested {result.ingested}, duplicates {result.duplicates}, "
+            f"rejected {result.rejected}, quarantined {result.quarantined}"
+        )
+
 # --- simulator: simulate ----------------------------------------------------------------------
 
 
