@@ -9,6 +9,7 @@ lazily so that commands which never send email do not pay its import time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 from decimal import Decimal
 
@@ -86,8 +87,9 @@ def _nice_ceiling(value: Decimal) -> Decimal:
     return Decimal(10).scaleb(exponent)
 
 
+@functools.lru_cache(maxsize=32)
 def chart_png(chart: Chart, title: str) -> bytes:
-    """``chart`` as a PNG (about 720 × 220 pixels)."""
+    """``chart`` as a PNG (about 720 × 220 pixels); the same chart is drawn once."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

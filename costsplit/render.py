@@ -14,6 +14,7 @@ currency that is the exact sum of the rows above it.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 from collections import defaultdict
@@ -55,9 +56,14 @@ CSV_COLUMNS = (
 
 def environment(settings: Settings) -> jinja2.Environment:
     """The Jinja environment: the user's templates first, then the shipped ones."""
+    return _environment(settings.templates_dir)
+
+
+@functools.lru_cache(maxsize=8)
+def _environment(templates_dir: Path | None) -> jinja2.Environment:
     loaders: list[jinja2.BaseLoader] = []
-    if settings.templates_dir:
-        loaders.append(jinja2.FileSystemLoader(str(settings.templates_dir)))
+    if templates_dir:
+        loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
     loaders.append(jinja2.FileSystemLoader(str(TEMPLATES)))
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),

@@ -81,7 +81,7 @@ key_fingerprints = ["{script}"]
 name = "chatbot"
 workspace = "ws-support"
 owners = ["bot-owner@example.com"]
-monthly_budget = "100"
+monthly_budget = "{budget}"
 budget_currency = "USD"
 
 [[scenarios]]
@@ -91,12 +91,13 @@ owners = ["research-lead@example.com"]
 """
 
 
-def world_settings(tmp_path: Path, *, smtp_port: int = 2525):
+def world_settings(tmp_path: Path, *, smtp_port: int = 2525, budget: str = "100"):
     """Write the world's config under ``tmp_path`` and load it (home from COSTSPLIT_HOME)."""
     path = tmp_path / "costsplit.toml"
     path.write_text(
         CONFIG.format(
             smtp_port=smtp_port,
+            budget=budget,
             support=fingerprint_key(KEYS["support"]),
             research=fingerprint_key(KEYS["research"]),
             beijing=fingerprint_key(KEYS["beijing"]),
@@ -248,9 +249,9 @@ def world_events() -> list[UsageEvent]:
     return events
 
 
-def build_world(tmp_path: Path, *, smtp_port: int = 2525):
+def build_world(tmp_path: Path, *, smtp_port: int = 2525, budget: str = "100"):
     """Settings for the world, with its events ingested and rolled up in a real database."""
-    settings = world_settings(tmp_path, smtp_port=smtp_port)
+    settings = world_settings(tmp_path, smtp_port=smtp_port, budget=budget)
     with connect(settings.database) as con:
         insert_events(con, world_events())
         rollup.refresh(con, settings)

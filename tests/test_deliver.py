@@ -1,0 +1,210 @@
+"""Delivery through a real SMTP server (aiosmtpd on loopback) and the sent-ledger."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from reportworld import build_world
+
+from costsplit.config import load_settings
+from costsplit.deliver import ledger
+from costsplit.jobs import send_budget_alerts, send_monthly
+from costsplit.render import message_id
+
+NOW = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every message it accepts."""
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append((tuple(envelope.rcpt_tos), message))
+        return "250 OK"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def smtp():
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller.port, inbox
+    finally:
+        controller.stop()
+
+
+def by_recipient(inbox: Inbox) -> dict[str, email.message.EmailMessage]:
+    return {rcpt[0]: message for rcpt, message in inbox.messages}
+
+
+def test_monthly_report_mail_parts_images_and_headers(tmp_path, smtp):
+    port, inbox = smtp
+    settings = build_world(tmp_path, smtp_port=port)
+    sleeps = []
+    results = send_monthly(settings, "2026-10", now=NOW, sleep=sleeps.append)
+    assert [(d.report, d.recipient, d.status, d.attempts) for d in results] == [
+        ("monthly", "finance@example.com", "sent", 1),
+        ("statement:ws-support", "support-lead@example.com", "sent", 1),
+        ("statement:ws-research", "research-lead@example.com", "sent", 1),
+    ]
+    assert sleeps == []
+    mail = by_recipient(inbox)
+    finance = mail["finance@example.com"]
+    assert finance["Subject"] == "Model Studio cost split — October 2026"
+    assert finance["From"] == "costsplit <costsplit@example.com>"
+    assert finance["To"] == "finance@example.com"
+    assert finance["Message-ID"] == message_id(
+        "monthly", "2026-10", "finance@example.com", "costsplit@example.com"
+    )
+    assert [p.get_content_type() for p in finance.walk()] == [
+        "multipart/mixed",
+        "multipart/alternative",
+        "text/plain",
+        "multipart/related",
+        "text/html",
+        "image/png",
+        "text/csv",
+    ]
+    parts = {p.get_content_type(): p for p in finance.walk()}
+    html = parts["text/html"].get_content()
+    assert 'src="cid:chart-1@costsplit"' in html
+    assert "<svg" not in html  # clients that block SVG still show the PNG
+    png = parts["image/png"]
+    assert png["Content-ID"] == "<chart-1@costsplit>"
+    assert png.get_content_disposition() == "inline"
+    assert png.get_payload(decode=True).startswith(b"\x89PNG\r\n\x1a\n")
+    assert (
+        parts["text/plain"]
+        .get_content()
+        .replace("\r\n", "\n")
+        .startswith("Model Studio cost split — October 2026\n")
+    )
+    assert parts["text/csv"].get_filename() == "costsplit-2026-10.csv"
+    statement = mail["support-lead@example.com"]
+    assert statement["Subject"] == "Workspace statement — Customer support — October 2026"
+    # The files are written for finance to pull as well.
+    assert sorted(p.name for p in (settings.reports_out / "2026-10").iterdir()) == [
+        "costsplit-2026-10.csv",
+        "costsplit-2026-10.eml",
+        "costsplit-2026-10.html",
+    ]
+
+
+def test_a_restarted_process_does_not_send_again(tmp_path, smtp):
+    port, inbox = smtp
+    settings = build_world(tmp_path, smtp_port=port)
+    first = send_monthly(settings, "2026-10", now=NOW)
+    assert len(inbox.messages) == 3
+    # A new process with the same settings and database: everything is in the ledger already.
+    code = (
+        "import sys; from datetime import datetime, UTC; from costsplit.config import load_settings;"
+        "from costsplit.jobs import send_monthly;"
+        "r = send_monthly(load_settings(sys.argv[1]), '2026-10', now=datetime(2026, 11, 1, tzinfo=UTC));"
+        "print(sorted({d.status for d in r}))"
+    )
+    env = {**os.environ, "COSTSPLIT_HOME": str(settings.home)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(settings.source)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "['already-sent']"
+    assert len(inbox.messages) == 3
+    assert [row[:5] for row in ledger(settings)] == [
+        ("monthly", "2026-10", "finance@example.com", "sent", 1),
+        ("statement:ws-research", "2026-10", "research-lead@example.com", "sent", 1),
+        ("statement:ws-support", "2026-10", "support-lead@example.com", "sent", 1),
+    ]
+    assert {d.message_id for d in first} == {row[5] for row in ledger(settings)}
+
+
+def test_failed_sends_are_retried_with_backoff_and_kept(tmp_path):
+    dead = free_port()  # nothing listens here
+    settings = build_world(tmp_path, smtp_port=dead)
+    sleeps = []
+    results = send_monthly(settings, "2026-10", now=NOW, sleep=sleeps.append)
+    assert {(d.status, d.attempts) for d in results} == {("failed", 4)}
+    assert sleeps == [2.0, 10.0, 30.0] * 3
+    assert results[0].error.startswith(f"SMTP 127.0.0.1:{dead}: cannot send to finance@example.com")
+    assert {row[3] for row in ledger(settings)} == {"failed"}
+    # The server comes back: the next run sends what failed, with the same Message-ID.
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=dead)
+    controller.start()
+    try:
+        again = send_monthly(settings, "2026-10", now=NOW, sleep=sleeps.append)
+    finally:
+        controller.stop()
+    assert [(d.status, d.attempts) for d in again] == [("sent", 5)] * 3
+    assert [d.message_id for d in again] == [d.message_id for d in results]
+    assert len(inbox.messages) == 3
+
+
+def test_budget_alerts_once_per_threshold_per_month(tmp_path, smtp):
+    port, inbox = smtp
+    settings = build_world(tmp_path, smtp_port=port, budget="0.40")
+    # As of 20 October: chatbot spent more than 80% and is projected past 100%.
+    now = datetime(2026, 10, 20, 4, 0, tzinfo=UTC)
+    sent = send_budget_alerts(settings, now=now)
+    assert [(d.report, d.period, d.recipient, d.status) for d in sent] == [
+        ("budget:ws-support/chatbot:80", "2026-10", "bot-owner@example.com", "sent"),
+        ("budget:ws-support/chatbot:100", "2026-10", "bot-owner@example.com", "sent"),
+    ]
+    subjects = sorted(m["Subject"] for _, m in inbox.messages)
+    assert subjects[0].startswith("Budget ") and "chatbot (2026-10)" in subjects[0]
+    again = send_budget_alerts(settings, now=now)
+    assert [d.status for d in again] == ["already-sent", "already-sent"]
+    assert len(inbox.messages) == 2
+
+
+def test_credentials_come_from_the_environment(tmp_path, smtp):
+    port, _ = smtp
+    config = tmp_path / "c.toml"
+    config.write_text(f'[smtp]\nport = {port}\nhost = "127.0.0.1"\nusername_env = "MY_SMTP_USER"\n')
+    settings = load_settings(config)
+    results = send_monthly(settings, "2026-10", now=NOW, environ={}, sleep=lambda s: None)
+    assert results == []  # no recipients configured: nothing to send, nothing failed
+    from costsplit.deliver import deliver
+
+    failed = deliver(
+        settings,
+        report="t",
+        period="p",
+        recipients=["a@example.com"],
+        message_for=lambda r: email.message.EmailMessage() if False else _plain(r),
+        environ={},
+        sleep=lambda s: None,
+        delays=(),
+    )
+    assert failed[0].status == "failed"
+    assert failed[0].error == f"SMTP 127.0.0.1:{port}: $MY_SMTP_USER is not set"
+    assert Path(settings.database).exists()
+
+
+def _plain(recipient: str) -> email.message.EmailMessage:
+    message = email.message.EmailMessage()
+    message["To"] = recipient
+    message["Message-ID"] = "<x@example.com>"
+    message.set_content("hello")
+    return message
