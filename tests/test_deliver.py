@@ -116,9 +116,10 @@ def test_a_restarted_process_does_not_send_again(tmp_path, smtp):
     assert len(inbox.messages) == 3
     # A new process with the same settings and database: everything is in the ledger already.
     code = (
-        "import sys; from datetime import datetime, UTC; from costsplit.config import load_settings;"
-        "from costsplit.jobs import send_monthly;"
-        "r = send_monthly(load_settings(sys.argv[1]), '2026-10', now=datetime(2026, 11, 1, tzinfo=UTC));"
+        "import sys; from datetime import datetime, UTC;"
+        "from costsplit.config import load_settings; from costsplit.jobs import send_monthly;"
+        "now = datetime(2026, 11, 1, tzinfo=UTC);"
+        "r = send_monthly(load_settings(sys.argv[1]), '2026-10', now=now);"
         "print(sorted({d.status for d in r}))"
     )
     env = {**os.environ, "COSTSPLIT_HOME": str(settings.home)}
@@ -192,7 +193,7 @@ def test_credentials_come_from_the_environment(tmp_path, smtp):
         report="t",
         period="p",
         recipients=["a@example.com"],
-        message_for=lambda r: email.message.EmailMessage() if False else _plain(r),
+        message_for=_plain,
         environ={},
         sleep=lambda s: None,
         delays=(),
