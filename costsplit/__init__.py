@@ -20,6 +20,17 @@ _EXPORTS = {
     "load_settings": "costsplit.config",
     "UsageEvent": "costsplit.events",
     "fingerprint_key": "costsplit.events",
+    "scenario": "costsplit.record",
+    "Recorder": "costsplit.record",
+    "recording_errors": "costsplit.record",
+    "RecordingTransport": "costsplit.transport",
+    "AsyncRecordingTransport": "costsplit.transport",
+    "recording_httpx_client": "costsplit.transport",
+    "async_recording_httpx_client": "costsplit.transport",
+    "Httpx2RecordingTransport": "costsplit.transport_httpx2",
+    "AsyncHttpx2RecordingTransport": "costsplit.transport_httpx2",
+    "recording_client": "costsplit.transport_httpx2",
+    "async_recording_client": "costsplit.transport_httpx2",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -53,6 +53,7 @@ import logging
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -360,9 +361,15 @@ class Exchange:
         if ours or new_body is not None:
             kept = [(n, v) for n, v in headers if not n.lower().startswith(HEADER_PREFIX)]
             if new_body is not None:
+                # The stream is filtered line by line, so it must come uncompressed (the
+                # caller's client decodes transparently either way).
                 self.request_body = new_body
-                kept = [(n, v) for n, v in kept if n.lower() != "content-length"]
-                kept.append(("Content-Length", str(len(new_body))))
+                kept = [
+                    (n, v)
+                    for n, v in kept
+                    if n.lower() not in ("content-length", "accept-encoding")
+                ]
+                kept += [("Content-Length", str(len(new_body))), ("Accept-Encoding", "identity")]
             self.request_headers = kept
         del method  # every method is recorded alike; kept in the signature for adapters
 
@@ -511,7 +518,7 @@ class Exchange:
             event.error_code = type(exc).__name__ if exc is not None else "NoResponse"
             return
         event.http_status = self.status
-        body = b"".join(self.chunks)
+        body = _decoded(b"".join(self.chunks), self.response_headers.get("content-encoding", ""))
         header_id = request_id_from_headers(self.response_headers)
         if self.status >= 400:
             facts = parse_body(body, self.endpoint)
@@ -585,6 +592,20 @@ class Exchange:
             body = body[body.find(b"\n") + 1 :]  # the tail's first line may be a fragment
         text.feed(body, self.api_style)
         return text.estimate(self._input_estimate())
+
+
+def _decoded(body: bytes, encoding: str) -> bytes:
+    """The body without its gzip/deflate content coding (what we parse, not what we forward)."""
+    encoding = encoding.strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        try:
+            return zlib.decompressobj(wbits=47).decompress(body)  # 47: gzip or zlib header
+        except zlib.error:
+            try:
+                return zlib.decompressobj(wbits=-15).decompress(body)  # raw deflate
+            except zlib.error:
+                return body
+    return body
 
 
 def _is_usage_only(payload: bytes) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import threading
 from pathlib import Path
 
@@ -205,6 +206,7 @@ def test_include_usage_injected_and_usage_chunk_removed_chunk_for_chunk():
         "stream_options": {"include_usage": True},
     }
     assert ("Content-Length", str(len(ex.request_body))) in ex.request_headers
+    assert ("Accept-Encoding", "identity") in ex.request_headers
     ex.response(200, [("content-type", "text/event-stream")])
     events = (FIXTURES / "openai_chat_stream.sse").read_bytes().split(b"\n\n")
     chunks = [e + b"\n\n" for e in events if e]
@@ -325,3 +327,13 @@ def test_recording_failures_are_counted_never_raised():
     assert ex.chunk(b"{}") == b"{}"
     ex.end()
     assert recording_errors() == before + 1
+
+
+def test_gzip_body_is_decoded_for_parsing_only():
+    rec, sink = recorder()
+    ex = rec.begin("POST", CHAT, headers(), b'{"model":"qwen-plus"}')
+    ex.response(200, [("content-type", "application/json"), ("content-encoding", "gzip")])
+    compressed = gzip.compress((FIXTURES / "openai_chat.json").read_bytes())
+    assert ex.chunk(compressed) == compressed
+    ex.end()
+    assert (sink[0].usage_source, sink[0].input_tokens) == ("reported", 3019)
