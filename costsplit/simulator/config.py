@@ -60,7 +60,8 @@ def _catalogue() -> dict[str, Any]:
     return json.loads(path.read_text("utf-8"))["regions"]
 
 
-def region_models(region: str) -> dict[str, ModelInfo]:
+@cache
+def region_models(region: str) -> Mapping[str, ModelInfo]:
     """Every model name and alias served in `region`, mapped to its canonical model."""
     served: dict[str, ModelInfo] = {}
     for name, row in _catalogue().get(region, {}).items():
@@ -68,7 +69,7 @@ def region_models(region: str) -> dict[str, ModelInfo]:
         served[name] = info
         for alias in row["aliases"]:
             served.setdefault(alias, info)
-    return served
+    return MappingProxyType(served)
 
 
 @dataclass(frozen=True)
