@@ -1,0 +1,425 @@
+"""The recording proxy (costsplit.proxy): routes, headers, streams, limits and failures.
+
+Real HTTP on loopback: the proxy in front of the simulator, or in front of a raw socket
+upstream where a test must hold a stream open or see the proxy close it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import orjson
+import pytest
+from proxy_world import events, normalise, proxy_settings, start_proxy, tokens, wait_events
+
+from costsplit.config import ProxySettings, Route
+from costsplit.events import fingerprint_key
+from costsplit.proxy import RouteTable
+from costsplit.proxy.routes import BUILTIN_ROUTES, RouteError
+from costsplit.simulator import usage_for
+
+KEY = "sk-sim-default-intl"
+CHAT = "/compatible-mode/v1/chat/completions"
+NATIVE = "/api/v1/services/aigc/text-generation/generation"
+BODY = {"model": "qwen-plus", "messages": [{"role": "user", "content": "Route me."}]}
+NATIVE_BODY = {"model": "qwen-plus", "input": {"messages": BODY["messages"]}}
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+def test_route_table_prefix_then_header_then_default():
+    table = RouteTable([Route("sg", "http://a.example/"), Route("cn", "http://b.example/base")])
+    assert table.default == "sg"
+    assert table.resolve(CHAT).url == "http://a.example" + CHAT
+    assert table.resolve(CHAT, "x=1", "cn").url == "http://b.example/base" + CHAT + "?x=1"
+    assert table.resolve("/r/cn" + NATIVE, "", "sg").url == "http://b.example/base" + NATIVE
+    assert table.resolve("/r/cn" + NATIVE).api_style == "dashscope"
+    for bad, code in [
+        ("/r/us" + CHAT, "unknown_route"),
+        ("/v1/chat/completions", "unknown_path"),
+        ("/compatible-mode/v1/../../admin", "unknown_path"),
+        ("/api/v1/%2e%2e/x", "unknown_path"),
+    ]:
+        with pytest.raises(RouteError) as raised:
+            table.resolve(bad)
+        assert (raised.value.status, raised.value.code) == (404, code)
+
+
+def test_builtin_routes_when_none_configured():
+    table = RouteTable.from_settings(ProxySettings())
+    assert table.default == "singapore"
+    assert list(table.routes.values()) == list(BUILTIN_ROUTES)
+    assert table.resolve(CHAT).url == "https://dashscope-intl.aliyuncs.com" + CHAT
+    assert table.resolve("/r/beijing" + NATIVE).url == "https://dashscope.aliyuncs.com" + NATIVE
+
+
+def test_caller_picks_route_by_prefix_or_header(simulator, simulator_cn, costsplit_home):
+    routes = (
+        Route("sg", simulator.base_url, "ap-southeast-1"),
+        Route("cn", simulator_cn.base_url, "cn-beijing"),
+    )
+    proxy, settings = start_proxy(costsplit_home, "", routes=routes)
+    cn_auth = {"Authorization": "Bearer sk-sim-default-cn"}
+    with proxy:
+        by_prefix = httpx.post(f"{proxy.base_url}/r/cn{CHAT}", json=BODY, headers=cn_auth)
+        by_header = httpx.post(
+            proxy.base_url + CHAT, json=BODY, headers={**cn_auth, "X-Costsplit-Route": "cn"}
+        )
+        default = httpx.post(proxy.base_url + CHAT, json=BODY, headers=AUTH)
+    assert [by_prefix.status_code, by_header.status_code, default.status_code] == [200, 200, 200]
+    assert [e["region"] for e in events(settings)] == ["cn-beijing", "cn-beijing", "ap-southeast-1"]
+    assert len(simulator_cn.requests) == 2 and len(simulator.requests) == 1
+    assert not any(k.startswith("x-costsplit") for r in simulator_cn.requests for k in r.headers)
+
+
+def test_unknown_route_and_path_answer_in_the_style_of_the_path(simulator, costsplit_home):
+    proxy, settings = start_proxy(costsplit_home, simulator.base_url)
+    with proxy:
+        compat = httpx.post(f"{proxy.base_url}/r/mars{CHAT}", json=BODY, headers=AUTH)
+        native = httpx.post(f"{proxy.base_url}/r/mars{NATIVE}", json=BODY, headers=AUTH)
+        header = httpx.post(
+            proxy.base_url + NATIVE, json=BODY, headers={**AUTH, "X-Costsplit-Route": "mars"}
+        )
+        other = httpx.get(f"{proxy.base_url}/v1/models", headers=AUTH)
+        connection = http.client.HTTPConnection("127.0.0.1", proxy.port)
+        connection.request("POST", "/compatible-mode/v1/../../etc/passwd", body=b"{}")
+        dotted = connection.getresponse()
+        dotted_body = dotted.read()
+        connection.close()
+    message = "No proxy route named 'mars' (known: sim)."
+    assert compat.status_code == 404
+    assert normalise(compat.content) == orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "unknown_route",
+            },
+            "request_id": "<uuid>",
+        }
+    )
+    native_answer = {"code": "UnknownRoute", "message": message, "request_id": "<uuid>"}
+    assert native.status_code == header.status_code == 404
+    assert normalise(native.content) == normalise(header.content) == orjson.dumps(native_answer)
+    assert compat.headers["x-costsplit-proxy-error"] == "unknown_route"
+    assert other.status_code == dotted.status == 404
+    assert orjson.loads(other.content)["error"]["code"] == "unknown_path"
+    assert orjson.loads(dotted_body)["error"]["code"] == "unknown_path"
+    assert simulator.requests == [] and events(settings) == []
+
+
+# -- headers and attribution -----------------------------------------------------------------
+
+
+def test_costsplit_headers_removed_authorization_untouched(simulator, costsplit_home):
+    proxy, settings = start_proxy(costsplit_home, simulator.base_url)
+    headers = {
+        **AUTH,
+        "X-Costsplit-Scenario": "support-bot",
+        "X-Costsplit-Tag-Team": "care",
+        "X-DashScope-WorkSpace": "ws-default0000000",
+    }
+    with proxy:
+        answer = httpx.post(proxy.base_url + CHAT, json=BODY, headers=headers)
+    assert answer.status_code == 200
+    seen = simulator.requests[0].headers
+    assert seen["authorization"] == f"Bearer {KEY}"
+    assert seen["x-dashscope-workspace"] == "ws-default0000000"
+    assert [name for name in seen if name.startswith("x-costsplit")] == []
+    usage = usage_for(BODY, "compatible", "chat")
+    [event] = events(settings)
+    assert tokens(event) == {
+        "recorder": "proxy",
+        "api_style": "openai-compatible",
+        "endpoint": "chat",
+        "region": "ap-southeast-1",
+        "key_fingerprint": fingerprint_key(KEY),
+        "key_hint": "…intl",
+        "workspace_observed": "ws-default0000000",
+        "scenario": "support-bot",
+        "tags": {"team": "care"},
+        "model_requested": "qwen-plus",
+        "streamed": False,
+        "outcome": "ok",
+        "http_status": 200,
+        "error_code": "",
+        "usage_source": "reported",
+        "input_tokens": usage["prompt_tokens"],
+        "output_tokens": usage["completion_tokens"],
+        "total_tokens": usage["total_tokens"],
+        "cached_tokens": 0,
+    }
+    assert (
+        "sk-sim"
+        not in (costsplit_home / "spool")
+        .joinpath(next(p.name for p in (costsplit_home / "spool").glob("*.jsonl")))
+        .read_text()
+    )
+
+
+def test_per_key_default_scenario_and_header_wins(simulator, costsplit_home):
+    support = "sk-sim-support-intl"
+    proxy, settings = start_proxy(
+        costsplit_home,
+        simulator.base_url,
+        key_scenarios={fingerprint_key(support): "triage"},
+    )
+    auth = {"Authorization": f"Bearer {support}"}
+    with proxy:
+        httpx.post(proxy.base_url + CHAT, json=BODY, headers=auth)
+        httpx.post(proxy.base_url + CHAT, json=BODY, headers={**auth, "X-Costsplit-Scenario": "qa"})
+        httpx.post(proxy.base_url + CHAT, json=BODY, headers=AUTH)
+    assert [e["scenario"] for e in events(settings)] == ["triage", "qa", None]
+
+
+# -- streams -----------------------------------------------------------------------------------
+
+
+def test_stream_gets_usage_injected_and_hidden_from_caller(simulator, costsplit_home):
+    proxy, settings = start_proxy(costsplit_home, simulator.base_url)
+    streamed = {**BODY, "stream": True}
+    with proxy:
+        hidden = httpx.post(proxy.base_url + CHAT, json=streamed, headers=AUTH)
+        asked = httpx.post(
+            proxy.base_url + CHAT,
+            json={**streamed, "stream_options": {"include_usage": True}},
+            headers=AUTH,
+        )
+    direct = httpx.post(simulator.base_url + CHAT, json=streamed, headers=AUTH)
+    assert normalise(hidden.content) == normalise(direct.content)
+    assert b'"choices":[]' not in hidden.content and b'"choices":[]' in asked.content
+    forwarded = [r.json() for r in simulator.requests[:2]]
+    assert [f["stream_options"] for f in forwarded] == [{"include_usage": True}] * 2
+    usage = usage_for(BODY, "compatible", "chat")
+    assert [
+        (e["streamed"], e["usage_source"], e["input_tokens"], e["output_tokens"])
+        for e in events(settings)
+    ] == [(True, "reported", usage["prompt_tokens"], usage["completion_tokens"])] * 2
+
+
+class HeldStream:
+    """A raw upstream that sends an SSE head and one chunk, then holds the stream open until
+    ``release`` is set; ``closed`` is set when the proxy closes the connection first."""
+
+    HEAD = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.base_url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.release = threading.Event()
+        self.closed = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def chunk(text: str) -> bytes:
+        data = f"data: {text}\n\n".encode()
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    def serve(self) -> None:
+        connection, _ = self.listener.accept()
+        with connection:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += connection.recv(65536)
+            first = {"choices": [{"index": 0, "delta": {"content": "Hel"}}], "model": "qwen-plus"}
+            connection.sendall(self.HEAD + self.chunk(orjson.dumps(first).decode()))
+            connection.settimeout(0.02)
+            while not self.release.is_set():
+                try:
+                    if connection.recv(65536) == b"":
+                        self.closed.set()
+                        return
+                except TimeoutError:
+                    continue
+            connection.sendall(self.chunk("[DONE]") + b"0\r\n\r\n")
+
+    def stop(self) -> None:
+        self.release.set()
+        self.listener.close()
+
+
+def test_first_chunk_reaches_caller_while_upstream_still_streams(costsplit_home):
+    upstream = HeldStream()
+    proxy, settings = start_proxy(costsplit_home, upstream.base_url)
+    body = {**BODY, "stream": True, "stream_options": {"include_usage": True}}
+    try:
+        with proxy, httpx.stream("POST", proxy.base_url + CHAT, json=body, headers=AUTH) as r:
+            pieces = r.iter_raw()
+            first = next(pieces)
+            assert not upstream.release.is_set()
+            assert first.startswith(b'data: {"choices"')
+            upstream.release.set()
+            assert b"".join(pieces) == b"data: [DONE]\n\n"
+    finally:
+        upstream.stop()
+    [event] = wait_events(settings, 1)
+    assert (event["outcome"], event["streamed"], event["usage_source"]) == ("ok", True, "estimated")
+
+
+def test_caller_disconnect_closes_upstream_and_records_interrupted(costsplit_home):
+    upstream = HeldStream()
+    proxy, settings = start_proxy(costsplit_home, upstream.base_url)
+    body = {**BODY, "stream": True}
+    try:
+        with proxy:
+            with httpx.stream("POST", proxy.base_url + CHAT, json=body, headers=AUTH) as r:
+                next(r.iter_raw())
+            # leaving the block closes the caller's connection mid-stream
+            assert upstream.closed.wait(10), "the proxy kept the upstream stream open"
+            [event] = wait_events(settings, 1)
+    finally:
+        upstream.stop()
+    assert (event["outcome"], event["streamed"], event["usage_source"]) == (
+        "interrupted",
+        True,
+        "estimated",
+    )
+    assert event["output_tokens"] >= 1 and event["input_tokens"] >= 1
+
+
+# -- limits and failures -----------------------------------------------------------------------
+
+
+def test_unreachable_upstream_answers_502_in_style_and_records_network_error(costsplit_home):
+    dead = f"http://127.0.0.1:{closed_port()}"
+    proxy, settings = start_proxy(costsplit_home, dead)
+    with proxy:
+        compat = httpx.post(proxy.base_url + CHAT, json=BODY, headers=AUTH)
+        native = httpx.post(proxy.base_url + NATIVE, json=NATIVE_BODY, headers=AUTH)
+    assert compat.status_code == native.status_code == 502
+    error = compat.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "upstream_error",
+        "upstream_unreachable",
+        None,
+    )
+    assert error["message"].startswith(f"Upstream 'sim' ({dead}) failed: Cannot connect")
+    assert sorted(native.json()) == ["code", "message", "request_id"]
+    assert native.json()["code"] == "UpstreamUnreachable"
+    assert [(e["outcome"], e["api_style"], e["http_status"], e["usage_source"]) for e in
+            events(settings)] == [
+        ("network_error", "openai-compatible", None, "missing"),
+        ("network_error", "dashscope", None, "missing"),
+    ]  # fmt: skip
+
+
+def test_upstream_timeout_answers_504(simulator, costsplit_home):
+    proxy, settings = start_proxy(costsplit_home, simulator.base_url, timeout_seconds=0.3)
+    with proxy:
+        answer = httpx.post(
+            proxy.base_url + NATIVE,
+            json=NATIVE_BODY,
+            headers={**AUTH, "X-Simulator-Fault": "latency-ms=2000"},
+        )
+    assert answer.status_code == 504
+    assert answer.json()["code"] == "UpstreamTimeout"
+    assert [e["outcome"] for e in events(settings)] == ["network_error"]
+
+
+def test_oversized_body_is_413_and_nothing_is_forwarded(simulator, costsplit_home):
+    proxy, settings = start_proxy(costsplit_home, simulator.base_url, max_body_bytes=1000)
+    big = orjson.dumps({**BODY, "messages": [{"role": "user", "content": "x" * 2000}]})
+    with proxy:
+        declared = httpx.post(proxy.base_url + CHAT, content=big, headers=AUTH)
+        chunked = httpx.post(proxy.base_url + NATIVE, content=iter([big[:500], big[500:]]))
+        small = httpx.post(proxy.base_url + CHAT, json=BODY, headers=AUTH)
+    assert declared.status_code == chunked.status_code == 413
+    assert declared.json()["error"] == {
+        "message": f"Request body is {len(big)} bytes; the proxy accepts at most 1000 bytes.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_too_large",
+    }
+    assert chunked.json()["code"] == "BadRequest.TooLarge"
+    assert small.status_code == 200
+    assert len(simulator.requests) == 1 and len(events(settings)) == 1
+
+
+def test_oversized_headers_are_431(simulator, costsplit_home):
+    proxy, settings = start_proxy(costsplit_home, simulator.base_url, max_header_bytes=2048)
+    with proxy:
+        answer = httpx.post(
+            proxy.base_url + CHAT,
+            json=BODY,
+            headers={**AUTH, "X-Big": "y" * 1500, "X-Big2": "z" * 1500},
+        )
+    assert answer.status_code == 431
+    assert answer.json()["error"]["code"] == "headers_too_large"
+    assert simulator.requests == [] and events(settings) == []
+
+
+def test_upstream_errors_pass_through_unchanged(simulator, costsplit_home):
+    proxy, settings = start_proxy(costsplit_home, simulator.base_url)
+    wrong_region = {"Authorization": "Bearer sk-sim-default-cn"}
+    with proxy:
+        proxied = httpx.post(proxy.base_url + NATIVE, json=NATIVE_BODY, headers=wrong_region)
+    direct = httpx.post(simulator.base_url + NATIVE, json=NATIVE_BODY, headers=wrong_region)
+    assert proxied.status_code == direct.status_code == 401
+    assert normalise(proxied.content) == normalise(direct.content)
+    [event] = events(settings)
+    assert (event["outcome"], event["http_status"], event["error_code"]) == (
+        "http_error",
+        401,
+        "InvalidApiKey",
+    )
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_with_two_workers_each_process_its_own_segment(simulator, tmp_path, costsplit_home):
+    port = closed_port()
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        f'[proxy]\nport = {port}\n[[proxy.routes]]\nname = "sim"\n'
+        f'upstream = "{simulator.base_url}"\nregion = "ap-southeast-1"\n'
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from costsplit.cli import main; main()", "proxy", "--config",
+         str(config), "--workers", "2"],
+        env={**os.environ, "COSTSPLIT_HOME": str(costsplit_home)},
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the proxy did not start"
+                time.sleep(0.05)
+        statuses = [
+            httpx.post(f"http://127.0.0.1:{port}{CHAT}", json=BODY, headers=AUTH).status_code
+            for _ in range(12)
+        ]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    assert statuses == [200] * 12
+    assert b"costsplit proxy on http://127.0.0.1:" in stderr
+    settings = proxy_settings(costsplit_home, simulator.base_url)
+    recorded = events(settings)
+    assert len(recorded) == 12 and {e["recorder"] for e in recorded} == {"proxy"}
+    assert 1 <= len(list((costsplit_home / "spool").glob("*.jsonl"))) <= 2
