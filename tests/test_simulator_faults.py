@@ -79,6 +79,7 @@ def test_unknown_missing_or_other_region_key_is_401(simulator, style, api_key):
 
 @STYLES
 def test_model_not_granted_is_403_with_the_reference_body(simulator, style):
+    """UNCERTAIN (reference §9.2): the compatible body is built by analogy, as the fixture is."""
     response = call(simulator, style, model="qwen3-max", headers=key("sk-sim-support-intl"))
     assert response.status_code == 403
     name = (
@@ -229,6 +230,7 @@ def test_stream_error_fault_sends_a_native_error_event_after_n_results(simulator
 
 
 def test_stream_error_fault_in_compatible_mode_sends_an_error_object(simulator):
+    """UNCERTAIN (reference §9.3): the real in-stream body is unknown; ours is the error envelope."""
     events, error = read_stream(simulator, "compatible", "stream-error=1")
     assert error is None and len(events) == 2
     assert json.loads(events[1].removeprefix("data: "))["error"]["code"] == "internal_error"
