@@ -230,7 +230,7 @@ def test_stream_error_fault_sends_a_native_error_event_after_n_results(simulator
 
 
 def test_stream_error_fault_in_compatible_mode_sends_an_error_object(simulator):
-    """UNCERTAIN (reference §9.3): the real in-stream body is unknown; ours is the error envelope."""
+    """UNCERTAIN (reference §9.3): the real in-stream body is unknown; ours is the envelope."""
     events, error = read_stream(simulator, "compatible", "stream-error=1")
     assert error is None and len(events) == 2
     assert json.loads(events[1].removeprefix("data: "))["error"]["code"] == "internal_error"
