@@ -161,7 +161,14 @@ def load_settings(
         try:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{config_file}: invalid TOML: {exc}") from exc
+            # tomllib (3.11) puts the position only in the message: "... (at line 3, column 16)"
+            at = re.search(r"\(at line (\d+), column (\d+)\)$", str(exc))
+            if at:
+                reason = str(exc)[: at.start()].rstrip()
+                message = f"{config_file}:{at[1]}: invalid TOML: {reason} (column {at[2]})"
+            else:
+                message = f"{config_file}: invalid TOML: {exc}"
+            raise ConfigError(message) from exc
     return _Reader(config_file, text, environ, cwd).settings(data)
 
 
@@ -205,6 +212,13 @@ class _Reader:
             in_place = current == table and index in (None, current_index)
             if in_place and re.match(rf"^[\"']?{re.escape(leaf)}[\"']?\s*=", line):
                 return number
+            # dotted keys (``reporting.timezone = …``) and inline tables (``workspaces = [{…}]``)
+            if not current and table:
+                top = table.split(".")[0]
+                if re.match(rf"^{re.escape(table)}\.{re.escape(leaf)}\s*=", line):
+                    return number
+                if re.match(rf"^{re.escape(top)}\s*[.=]", line):
+                    fallback = fallback or number
         return fallback
 
     # -- typed getters ---------------------------------------------------------------------
@@ -238,6 +252,9 @@ class _Reader:
         return tuple(value)
 
     def decimal(self, data: dict[str, Any], key: str) -> Decimal | None:
+        if isinstance(data.get(key.rsplit(".", 1)[-1]), float):
+            value = data[key.rsplit(".", 1)[-1]]
+            raise self.fail(key, f"must be a decimal amount written as a string such as \"{value}\", got float {value!r}")
         value = self.get(data, key, (str, int), None)
         if value is None:
             return None
@@ -255,6 +272,15 @@ class _Reader:
 
     def env_or(self, name: str, value: Any) -> Any:
         return self.environ.get(name, value) if self.environ.get(name) else value
+
+    def env_int(self, name: str, value: int) -> int:
+        raw = self.environ.get(name)
+        if not raw:
+            return value
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"environment {name}: must be an integer, got {raw!r}") from None
 
     # -- the whole file --------------------------------------------------------------------
     def settings(self, data: dict[str, Any]) -> Settings:
@@ -274,6 +300,8 @@ class _Reader:
         try:
             ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
+            if self.environ.get("COSTSPLIT_TIMEZONE"):
+                raise ConfigError(f"environment COSTSPLIT_TIMEZONE: unknown time zone {timezone!r}") from None
             raise self.fail("reporting.timezone", f"unknown time zone {timezone!r}") from None
         currency = self.currency(reporting, "reporting.currency", "USD")
         output = self.get(reporting, "reporting.output", str, "")
@@ -399,7 +427,7 @@ class _Reader:
             raise self.fail("smtp.port", f"must be a TCP port, got {port}")
         return SmtpSettings(
             host=self.env_or("COSTSPLIT_SMTP_HOST", self.get(data, "smtp.host", str, "localhost")),
-            port=int(self.env_or("COSTSPLIT_SMTP_PORT", port)),
+            port=self.env_int("COSTSPLIT_SMTP_PORT", port),
             security=security,
             username_env=self.get(data, "smtp.username_env", str, ""),
             password_env=self.get(data, "smtp.password_env", str, ""),
