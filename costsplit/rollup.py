@@ -25,10 +25,10 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from costsplit.config import Settings
-from costsplit.prices import PriceBook, load_price_book, rates
+from costsplit.prices import PriceBook, load_price_book
+from costsplit.pricing import PricingPlan, day_expr, prepare, priced_select, ts
 
 LATE_COMMIT_MARGIN = timedelta(minutes=5)
-REGION_CURRENCY = {"cn-beijing": "CNY"}  # every other region bills USD
 
 _SPEND_FIELDS = (
     "calls",
@@ -175,6 +175,13 @@ def period_status(con: duckdb.DuckDBPyConnection, month: str) -> PeriodStatus:
     )
 
 
+def _newest_since(con: duckdb.DuckDBPyConnection, watermark: datetime) -> datetime | None:
+    # Filtered on ingested_at, the scan skips the row groups older than the watermark.
+    return con.execute(
+        "SELECT max(ingested_at) FROM events WHERE ingested_at > ?", [watermark]
+    ).fetchone()[0]
+
+
 def last_ingested_at(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """When the newest event reached the database (None for an empty one)."""
     return con.execute("SELECT max(ingested_at) FROM events").fetchone()[0]
@@ -209,51 +216,32 @@ def refresh(
     book = book or load_price_book(settings.price_books)
     digest = settings_hash(settings, book)
     state = dict(con.execute("SELECT key, value FROM rollup_state").fetchall())
-    newest = last_ingested_at(con)
     full = state.get("settings_hash") != digest
     watermark = (
         None if full or "watermark" not in state else datetime.fromisoformat(state["watermark"])
     )
-    if not full and watermark is not None and newest is not None and newest <= watermark:
+    if watermark is not None and _newest_since(con, watermark) is None:
         return RollupResult(0, False, 0, 0)  # nothing new: the common case, kept cheap
-    if not full and newest is None:
-        return RollupResult(0, False, 0, 0)
 
     tz = ZoneInfo(settings.timezone)
-    closed = dict(con.execute("SELECT month, closed_at FROM period_close").fetchall())
+    # One transaction is one snapshot: what it reads as newest is exactly what it rolls up.
     con.execute("BEGIN TRANSACTION")
     try:
-        prepare(con, settings, book)
+        newest = last_ingested_at(con) if watermark is None else _newest_since(con, watermark)
+        closed = dict(con.execute("SELECT month, closed_at FROM period_close").fetchall())
+        open_only = f"NOT ({_closed_filter(closed, tz)})"
+        plan = prepare(con, settings, book, digest)
         if watermark is None:
-            days = None  # every open day
             con.execute("DELETE FROM daily_spend")
-            where = "true"
-        else:
-            since = watermark - LATE_COMMIT_MARGIN
-            days = [
-                d
-                for (d,) in con.execute(
-                    f"SELECT DISTINCT {day_expr(tz, 'started_at')} FROM events "
-                    "WHERE ingested_at > ?",
-                    [since],
-                ).fetchall()
-            ]
-            days = [d for d in days if d.strftime("%Y-%m") not in closed]
-            if days:
-                con.execute(
-                    "DELETE FROM daily_spend WHERE NOT is_adjustment AND day IN "
-                    f"({', '.join('?' * len(days))})",
-                    days,
-                )
-            where = _days_filter(days, tz) if days else "false"
-        rows = 0
-        if days is None or days:
-            where = f"({where}) AND NOT ({_closed_filter(closed, tz)})"
-            select = priced_select(where, tz, discounts=bool(book.discounts))
-            rows = con.execute(f"INSERT INTO daily_spend {select}").fetchone()[0]
-        adjustments = _rebuild_adjustments(con, closed, tz, bool(book.discounts)) if closed else 0
-        if days is None:
+            rows = con.execute(
+                f"INSERT INTO daily_spend {priced_select(plan, open_only, tz)}"
+            ).fetchone()[0]
             days = [d for (d,) in con.execute("SELECT DISTINCT day FROM daily_spend").fetchall()]
+        else:
+            days, rows = _add_new_events(con, plan, tz, watermark, open_only)
+            days |= _recompute_late_commits(con, plan, tz, watermark, open_only)
+            days = sorted(days)
+        adjustments = _rebuild_adjustments(con, plan, closed, tz) if closed else 0
         for key, value in (
             ("settings_hash", digest),
             ("watermark", (newest or datetime.min.replace(tzinfo=UTC)).isoformat()),
@@ -266,105 +254,77 @@ def refresh(
     return RollupResult(len(days), watermark is None, rows, adjustments)
 
 
-def prepare(con: duckdb.DuckDBPyConnection, settings: Settings, book: PriceBook) -> None:
-    """Load the settings' attribution and the book's price rows into temporary tables."""
-    con.execute("CREATE OR REPLACE TEMP TABLE _cs_keys (fingerprint VARCHAR, workspace_id VARCHAR)")
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _cs_ws (id VARCHAR, region VARCHAR, default_scenario VARCHAR)"
-    )
-    keys = [(fp, w.id) for w in settings.workspaces for fp in w.key_fingerprints]
-    _insert(con, "_cs_keys", keys, 2)
-    _insert(con, "_cs_ws", [(w.id, w.region, w.default_scenario) for w in settings.workspaces], 3)
+def _add_new_events(
+    con: duckdb.DuckDBPyConnection,
+    plan: PricingPlan,
+    tz: ZoneInfo,
+    watermark: datetime,
+    open_only: str,
+) -> tuple[set[date], int]:
+    """Price the events newer than ``watermark`` and add them to their days' rows.
 
-    rate_names = list(rates(book.rows[0], book.rows[0].tiers[0])) if book.rows else []
-    columns = ", ".join(f"{name} DECIMAL(38, 10)" for name in rate_names)
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _cs_prices (region VARCHAR, name VARCHAR, currency VARCHAR, "
-        "omni BOOLEAN, valid_from TIMESTAMPTZ, valid_to TIMESTAMPTZ, tier_lo BIGINT, tier_hi BIGINT"
-        + (f", {columns})" if columns else ")")
-    )
-    values = []
-    for row, region, name, lo, hi in book.segments():
-        low = -1
-        for tier in row.tiers:
-            high = tier.up_to if tier.up_to is not None else 2**62
-            if tier is row.tiers[-1]:
-                high = 2**62  # beyond the last bound the last tier still prices the call
-            r = rates(row, tier)
-            values.append(
-                (
-                    region,
-                    name,
-                    row.currency,
-                    row.modalities is not None,
-                    lo,
-                    hi,
-                    low,
-                    high,
-                    *[str(r[n]) for n in rate_names],
-                )
-            )
-            low = high
-    _insert(con, "_cs_prices", values, 8 + len(rate_names))
-
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _cs_disc (kind INTEGER, workspace VARCHAR, model VARCHAR, "
-        "valid_from TIMESTAMPTZ, valid_to TIMESTAMPTZ, multiplier DECIMAL(38, 6))"
-    )
-    names_of = {}
-    for row in book.rows:
-        for name in row.names:
-            names_of.setdefault(name, set()).update(row.names)
-    disc = []
-    for d in book.discounts:
-        forever = datetime(9999, 1, 1, tzinfo=UTC)
-        for model in sorted(names_of.get(d.model, {d.model})) if d.model else [""]:
-            disc.append(
-                (
-                    d.specificity,
-                    d.workspace,
-                    model,
-                    d.valid_from,
-                    d.valid_to or forever,
-                    str(d.multiplier),
-                )
-            )
-    _insert(con, "_cs_disc", disc, 6)
-
-
-def _insert(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple], width: int) -> None:
-    # One statement with parameters: executemany costs ~1 ms a row here.
-    for i in range(0, len(rows), 200):
-        chunk = rows[i : i + 200]
-        if not chunk:
-            continue
-        marks = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))
-        con.execute(f"INSERT INTO {table} VALUES {marks}", [v for r in chunk for v in r])
-
-
-def day_expr(tz: ZoneInfo, column: str) -> str:
-    """SQL for the reporting-timezone day of a TIMESTAMPTZ ``column``.
-
-    Zones with one fixed offset (Asia/Shanghai since 1991, UTC) use integer arithmetic, about
-    ten times faster than a time-zone conversion per row.
+    Every column of a spend row is a sum, so rolling up only the new events and adding them to
+    the stored rows gives the same rows as recomputing those days, at the cost of the new
+    events alone.
     """
-    offset = _fixed_offset(tz)
-    if offset is not None:
-        days = f"(epoch_us({column}) + {offset}) // 86400000000"
-        return f"(DATE '1970-01-01' + CAST({days} AS INTEGER))"
-    return f"CAST(timezone('{tz.key}', {column}) AS DATE)"
+    where = f"ingested_at > {ts(watermark)} AND {open_only}"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_delta AS {priced_select(plan, where, tz)}")
+    days = {d for (d,) in con.execute("SELECT DISTINCT day FROM _cs_delta").fetchall()}
+    if not days:
+        return days, 0
+    keys = "day, workspace_id, scenario, model, region, currency, is_adjustment, adjustment_of"
+    sums = ", ".join(
+        f"sum({c}) AS {c}" for c in (*_SPEND_FIELDS, "cost", "unpriced_calls", "unpriced_tokens")
+    )
+    in_days = f"day IN ({', '.join('?' * len(days))})"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _cs_merged AS
+            SELECT {keys}, {sums} FROM (
+                SELECT * FROM daily_spend WHERE NOT is_adjustment AND {in_days}
+                UNION ALL SELECT * FROM _cs_delta
+            ) GROUP BY {keys}""",
+        sorted(days),
+    )
+    con.execute(f"DELETE FROM daily_spend WHERE NOT is_adjustment AND {in_days}", sorted(days))
+    rows = con.execute("INSERT INTO daily_spend SELECT * FROM _cs_merged").fetchone()[0]
+    return days, rows
 
 
-def _fixed_offset(tz: ZoneInfo) -> int | None:
-    probes = [
-        datetime(year, month, 15, tzinfo=tz)
-        for year in range(1995, 2041)
-        for month in (1, 4, 7, 10)
-    ]
-    offsets = {p.utcoffset() for p in probes}
-    if len(offsets) != 1:
-        return None
-    return int(offsets.pop().total_seconds()) * 1_000_000
+def _recompute_late_commits(
+    con: duckdb.DuckDBPyConnection,
+    plan: PricingPlan,
+    tz: ZoneInfo,
+    watermark: datetime,
+    open_only: str,
+) -> set[date]:
+    """Recompute whole the days whose events and rolled-up calls disagree.
+
+    A transaction that committed after the last refresh read its watermark may carry an
+    ``ingested_at`` just below it; such events are only in the days touched shortly before the
+    watermark, so those days' event counts are checked against the rolled-up calls.
+    """
+    since = ts(watermark - LATE_COMMIT_MARGIN)
+    day = day_expr(tz, "started_at")
+    suspects = [d for (d,) in con.execute(
+        f"SELECT DISTINCT {day} FROM events WHERE ingested_at > {since} AND {open_only}"
+    ).fetchall()]  # fmt: skip
+    if not suspects:
+        return set()
+    marks = ", ".join("?" * len(suspects))
+    counted = dict(con.execute(
+        f"SELECT {day} AS d, count(*) FROM events WHERE ({_days_filter(suspects, tz)}) GROUP BY d"
+    ).fetchall())  # fmt: skip
+    rolled = dict(con.execute(
+        f"SELECT day, sum(calls) FROM daily_spend WHERE NOT is_adjustment AND day IN ({marks}) "
+        "GROUP BY day", suspects,
+    ).fetchall())  # fmt: skip
+    bad = sorted(d for d in suspects if counted.get(d, 0) != rolled.get(d, 0))
+    if bad:
+        marks = ", ".join("?" * len(bad))
+        con.execute(f"DELETE FROM daily_spend WHERE NOT is_adjustment AND day IN ({marks})", bad)
+        where = f"({_days_filter(bad, tz)}) AND {open_only}"
+        con.execute(f"INSERT INTO daily_spend {priced_select(plan, where, tz)}")
+    return set(bad)
 
 
 def day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
@@ -381,10 +341,6 @@ def month_bounds(month: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
     return day_bounds(first, tz)[0], day_bounds(nxt, tz)[0]
 
 
-def _ts(moment: datetime) -> str:
-    return f"TIMESTAMPTZ '{moment.astimezone(UTC).isoformat()}'"
-
-
 def _days_filter(days: Iterable[date], tz: ZoneInfo) -> str:
     spans = []
     for day in sorted(days):
@@ -393,14 +349,14 @@ def _days_filter(days: Iterable[date], tz: ZoneInfo) -> str:
             spans[-1] = (spans[-1][0], hi)
         else:
             spans.append((lo, hi))
-    return " OR ".join(f"(started_at >= {_ts(lo)} AND started_at < {_ts(hi)})" for lo, hi in spans)
+    return " OR ".join(f"(started_at >= {ts(lo)} AND started_at < {ts(hi)})" for lo, hi in spans)
 
 
 def _closed_filter(closed: dict[str, datetime], tz: ZoneInfo) -> str:
     if not closed:
         return "false"
     return " OR ".join(
-        f"(started_at >= {_ts(lo)} AND started_at < {_ts(hi)})"
+        f"(started_at >= {ts(lo)} AND started_at < {ts(hi)})"
         for lo, hi in (month_bounds(m, tz) for m in sorted(closed))
     )
 
@@ -411,7 +367,7 @@ def _next_month(month: str) -> str:
 
 
 def _rebuild_adjustments(
-    con: duckdb.DuckDBPyConnection, closed: dict[str, datetime], tz: ZoneInfo, discounts: bool
+    con: duckdb.DuckDBPyConnection, plan: PricingPlan, closed: dict[str, datetime], tz: ZoneInfo
 ) -> int:
     """Late events of closed months, as adjustment rows in the first month still open for them.
 
@@ -429,102 +385,7 @@ def _rebuild_adjustments(
             cutoff = max(cutoff, closed[booked])
             booked = _next_month(booked)
         lo, hi = month_bounds(month, tz)
-        where = (
-            f"started_at >= {_ts(lo)} AND started_at < {_ts(hi)} AND ingested_at > {_ts(cutoff)}"
-        )
-        select = priced_select(
-            where, tz, discounts=discounts, day_sql=f"DATE '{booked}-01'", adjustment_of=month
-        )
+        where = f"started_at >= {ts(lo)} AND started_at < {ts(hi)} AND ingested_at > {ts(cutoff)}"
+        select = priced_select(plan, where, tz, day_sql=f"DATE '{booked}-01'", adjustment_of=month)
         total += con.execute(f"INSERT INTO daily_spend {select}").fetchone()[0]
     return total
-
-
-def priced_select(
-    where: str,
-    tz: ZoneInfo,
-    *,
-    discounts: bool = False,
-    day_sql: str | None = None,
-    adjustment_of: str = "",
-) -> str:
-    """The SELECT that prices every event matching ``where`` and sums it into spend rows.
-
-    Each call is priced on its own (its tier comes from its own input tokens). Rates are per
-    1M tokens (``costsplit.prices.rates``), so the sum is scaled by 10⁻⁶ once, exactly.
-    Explicit cache: ``cache_creation_tokens > 0`` or ``tags['cache_type'] = 'ephemeral'``;
-    otherwise cached tokens are implicit hits.
-    """
-    currency_case = " ".join(f"WHEN '{r}' THEN '{c}'" for r, c in REGION_CURRENCY.items())
-    day = day_sql or day_expr(tz, "started_at")
-    # The most specific discount in force (workspace+model > workspace > model), else none.
-    multiplier = (
-        """coalesce((SELECT arg_max(d.multiplier, d.kind) FROM _cs_disc d
-            WHERE (d.workspace = '' OR d.workspace = a.ws) AND (d.model = '' OR d.model = a.model)
-              AND a.started_at >= d.valid_from AND a.started_at < d.valid_to), 1)"""
-        if discounts
-        else "1"
-    )
-    return f"""
-    WITH ev AS (
-        SELECT e.*, coalesce(nullif(e.model_requested, ''), e.model_returned) AS model,
-               coalesce(k.workspace_id, nullif(e.workspace_observed, ''), 'unattributed') AS ws
-        FROM events e LEFT JOIN _cs_keys k ON k.fingerprint = e.key_fingerprint
-        WHERE {where}
-    ), a AS (
-        SELECT ev.*,
-               coalesce(nullif(ev.scenario, ''), nullif(w.default_scenario, ''), 'unassigned')
-                   AS scn,
-               coalesce(nullif(ev.region, ''), w.region, '') AS reg
-        FROM ev LEFT JOIN _cs_ws w ON w.id = ev.ws
-    ), priced AS (
-        SELECT a.*, p.currency AS p_currency,
-        CASE
-        WHEN p.name IS NULL THEN NULL
-        WHEN a.billing_plan = 'plan' THEN CAST(0 AS DECIMAL(38, 16))
-        ELSE CAST((
-            CASE
-            WHEN a.batch THEN a.input_tokens * p.batch_in + a.output_tokens
-                * (CASE WHEN a.reasoning_tokens > 0 THEN p.batch_think ELSE p.batch_out END)
-            WHEN p.omni THEN
-                (a.input_tokens - a.audio_tokens - a.image_tokens - a.video_tokens) * p.in_text
-                + a.audio_tokens * p.in_audio + a.image_tokens * p.in_image
-                + a.video_tokens * p.in_video
-                + CASE
-                  WHEN a.audio_output_tokens > 0 THEN a.audio_output_tokens * p.out_audio
-                  WHEN a.audio_tokens + a.image_tokens + a.video_tokens > 0
-                      THEN a.output_tokens * p.out_text_when_input_multimodal
-                  ELSE a.output_tokens * p.out_text_when_input_text_only
-                  END
-            WHEN a.cache_creation_tokens > 0 OR a.tags['cache_type'] = 'ephemeral' THEN
-                (a.input_tokens - a.cached_tokens - a.cache_creation_tokens) * p.in_rate
-                + a.cached_tokens * p.er_rate + a.cache_creation_tokens * p.ew_rate
-                + a.output_tokens
-                  * (CASE WHEN a.reasoning_tokens > 0 THEN p.think_rate ELSE p.out_rate END)
-            ELSE
-                (a.input_tokens - a.cached_tokens) * p.in_rate
-                + a.cached_tokens * p.implicit_rate
-                + a.output_tokens
-                  * (CASE WHEN a.reasoning_tokens > 0 THEN p.think_rate ELSE p.out_rate END)
-            END + a.image_count * p.image_rate
-        ) * {multiplier} AS DECIMAL(38, 16))
-        END AS cost_micro
-        FROM a LEFT JOIN _cs_prices p
-          ON p.region = a.reg AND p.name = a.model
-         AND a.started_at >= p.valid_from AND a.started_at < p.valid_to
-         AND a.input_tokens > p.tier_lo AND a.input_tokens <= p.tier_hi
-    )
-    SELECT {day} AS day, ws, scn, model, reg,
-           coalesce(p_currency, CASE reg {currency_case} ELSE 'USD' END),
-           {"true" if adjustment_of else "false"}, '{adjustment_of}',
-           count(*), count(*) FILTER (outcome = 'ok'),
-           count(*) FILTER (outcome IN ('http_error', 'network_error')),
-           count(*) FILTER (outcome IN ('denied', 'denied_local')),
-           count(*) FILTER (outcome = 'interrupted'), count(*) FILTER (usage_source = 'estimated'),
-           sum(input_tokens), sum(output_tokens), sum(cached_tokens), sum(cache_creation_tokens),
-           sum(reasoning_tokens), sum(image_tokens), sum(audio_tokens), sum(video_tokens),
-           CAST(coalesce(sum(cost_micro), 0) * CAST(0.000001 AS DECIMAL(7, 6)) AS DECIMAL(38, 22)),
-           count(*) FILTER (cost_micro IS NULL AND input_tokens + output_tokens + image_count > 0),
-           coalesce(sum(input_tokens + output_tokens) FILTER (cost_micro IS NULL), 0)
-    FROM priced
-    GROUP BY ALL
-    """

@@ -1,0 +1,305 @@
+"""Pricing in SQL: every call priced by its own tier, summed into spend rows, exactly.
+
+Cost is linear in each token class once a call's price row, tier and billing case are fixed,
+so the events are first grouped by everything that fixes them: the raw attribution columns,
+the reporting day, the *price period* (which price-book dates the call falls between), the
+*tier bucket* (which tier bounds its input tokens exceed) and the billing case (batch,
+thinking, explicit cache, multimodal input, audio output, plan). Then each small group is
+attributed, joined to its price row and tier, and costed with DECIMAL rates. The per-group
+sum equals the per-call sum to the last digit, and the 10M-row pass is a plain integer
+GROUP BY.
+
+Billing rules (reference §7.1), with the rates from ``costsplit.prices.rates``:
+  * explicit-cache call (``cache_creation_tokens > 0`` or ``tags['cache_type'] =
+    'ephemeral'``): uncached input at the input price, cached tokens at ``explicit_read``,
+    creation tokens at ``explicit_write``; otherwise cached tokens are implicit hits
+    (``implicit_read``);
+  * output at the thinking price only when ``reasoning_tokens > 0``;
+  * batch: ``batch_ratio`` of plain input and output, no cache discount;
+  * omni rows: per-modality input; output text at the text-only or multimodal-input price, or
+    only the audio output when audio was produced;
+  * ``image_count × per_image`` added where the row has a per-image price;
+  * a subscription-plan call (``billing_plan = 'plan'``) costs 0 per token;
+  * no price row: NULL cost, counted as unpriced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import duckdb
+
+from costsplit.config import Settings
+from costsplit.prices import FOREVER, PriceBook, rates
+
+REGION_CURRENCY = {"cn-beijing": "CNY"}  # every other region bills USD
+RATE_NAMES = (
+    "in_rate", "implicit_rate", "ew_rate", "er_rate", "out_rate", "think_rate", "batch_in",
+    "batch_out", "batch_think", "image_rate", "in_text", "in_audio", "in_image", "in_video",
+    "out_text_when_input_text_only", "out_text_when_input_multimodal", "out_audio",
+)  # fmt: skip
+_NO_END = 2**62
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PricingPlan:
+    """What the SQL needs besides the temporary tables: period and tier boundaries."""
+
+    boundaries: tuple[datetime, ...]  # price-book and discount dates, sorted
+    bounds: tuple[int, ...]  # tier bounds (input tokens), sorted
+    discounts: bool
+
+
+_KEYS = {"fingerprint": "VARCHAR", "workspace_id": "VARCHAR"}
+_WORKSPACES = {"id": "VARCHAR", "region": "VARCHAR", "default_scenario": "VARCHAR"}
+_PRICES = {
+    "region": "VARCHAR", "name": "VARCHAR", "currency": "VARCHAR", "omni": "BOOLEAN",
+    "period_lo": "INTEGER", "period_hi": "INTEGER", "bucket_lo": "INTEGER", "bucket_hi": "INTEGER",
+    **{name: "DECIMAL(38, 10)" for name in RATE_NAMES},
+}  # fmt: skip
+_DISCOUNTS = {
+    "kind": "INTEGER", "workspace": "VARCHAR", "model": "VARCHAR", "period_lo": "INTEGER",
+    "period_hi": "INTEGER", "multiplier": "DECIMAL(38, 6)",
+}  # fmt: skip
+
+
+def prepare(
+    con: duckdb.DuckDBPyConnection, settings: Settings, book: PriceBook, digest: str = ""
+) -> PricingPlan:
+    """Load attribution and prices into temporary tables; return the plan for the SQL.
+
+    The tables live as long as the connection; loading the same settings and books again
+    (same ``digest``) keeps them.
+    """
+    load = not digest or _loaded(con) != digest
+    if load:
+        keys = [(fp, w.id) for w in settings.workspaces for fp in w.key_fingerprints]
+        _table(con, "_cs_keys", _KEYS, keys)
+        workspaces = [(w.id, w.region, w.default_scenario) for w in settings.workspaces]
+        _table(con, "_cs_ws", _WORKSPACES, workspaces)
+
+    segments = book.segments()
+    dates = {m for _, _, _, lo, hi in segments for m in (lo, hi)}
+    dates |= {d.valid_from for d in book.discounts}
+    dates |= {d.valid_to or FOREVER for d in book.discounts}
+    boundaries = tuple(sorted(dates - {FOREVER}))
+    bounds = tuple(sorted({t.up_to for row in book.rows for t in row.tiers[:-1] if t.up_to}))
+
+    def period(moment: datetime) -> int:  # periods before ``moment``'s: the count of dates ≤ it
+        return len(boundaries) + 1 if moment >= FOREVER else sum(b <= moment for b in boundaries)
+
+    def bucket(tokens: int) -> int:  # buckets of calls with at most ``tokens`` input tokens
+        return sum(b < tokens + 1 for b in bounds) if tokens < _NO_END else len(bounds) + 1
+
+    values = []
+    for row, region, name, lo, hi in segments:
+        low = -1
+        for tier in row.tiers:
+            # Beyond the last bound the last tier still prices the call.
+            high = _NO_END if tier is row.tiers[-1] or tier.up_to is None else tier.up_to
+            r = rates(row, tier)
+            values.append((region, name, row.currency, row.modalities is not None,
+                           period(lo), period(hi), bucket(low), bucket(high),
+                           *[r[n] for n in RATE_NAMES]))  # fmt: skip
+            low = high
+    if load:
+        _table(con, "_cs_prices", _PRICES, values)
+
+    names_of: dict[str, set[str]] = {}
+    for row in book.rows:
+        for name in row.names:
+            names_of.setdefault(name, set()).update(row.names)
+    disc = [
+        (d.specificity, d.workspace, model, period(d.valid_from), period(d.valid_to or FOREVER),
+         d.multiplier)
+        for d in book.discounts
+        for model in (sorted(names_of.get(d.model, {d.model})) if d.model else [""])
+    ]  # fmt: skip
+    if load:
+        _table(con, "_cs_disc", _DISCOUNTS, disc)
+        _table(con, "_cs_loaded", {"digest": "VARCHAR"}, [(digest,)])
+    return PricingPlan(boundaries, bounds, bool(disc))
+
+
+def _loaded(con: duckdb.DuckDBPyConnection) -> str | None:
+    # Ask the catalog: a failed statement would abort the caller's transaction.
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = '_cs_loaded'"
+    ).fetchone()[0]
+    row = con.execute("SELECT digest FROM _cs_loaded").fetchone() if exists else None
+    return row[0] if row else None
+
+
+def _table(
+    con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, str], rows: list[tuple]
+) -> None:
+    """(Re)create temporary table ``name`` holding ``rows``.
+
+    The rows travel as one JSON parameter (decimals as strings, so never a float), parsed
+    in DuckDB: a multi-row VALUES or executemany costs 50-1000x more here.
+    """
+    spec = ", ".join(f"{column} {kind}" for column, kind in columns.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({spec})")
+    if not rows:
+        return
+    shape = json.dumps([{column: kind.replace(" ", "") for column, kind in columns.items()}])
+    data = json.dumps([dict(zip(columns, map(_json_value, row), strict=True)) for row in rows])
+    con.execute(
+        f"INSERT INTO {name} SELECT unnest(from_json(?::JSON, ?), recursive := true)",
+        [data, shape],
+    )
+
+
+def _json_value(value: object) -> object:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+def day_expr(tz: ZoneInfo, column: str) -> str:
+    """SQL for the reporting-timezone day of a TIMESTAMPTZ ``column``.
+
+    Zones with one fixed offset (Asia/Shanghai since 1991, UTC) use integer arithmetic, many
+    times faster than a time-zone conversion per row.
+    """
+    offset = _fixed_offset(tz)
+    if offset is not None:
+        days = f"(epoch_us({column}) + {offset}) // 86400000000"
+        return f"(DATE '1970-01-01' + CAST({days} AS INTEGER))"
+    return f"CAST(timezone('{tz.key}', {column}) AS DATE)"
+
+
+def _fixed_offset(tz: ZoneInfo) -> int | None:
+    probes = [datetime(y, m, 15, tzinfo=tz) for y in range(1995, 2041) for m in (1, 4, 7, 10)]
+    offsets = {p.utcoffset() for p in probes}
+    if len(offsets) != 1:
+        return None
+    only: timedelta = offsets.pop()  # type: ignore[assignment]
+    return int(only.total_seconds()) * 1_000_000
+
+
+def ts(moment: datetime) -> str:
+    """A TIMESTAMPTZ literal."""
+    return f"TIMESTAMPTZ '{moment.astimezone(UTC).isoformat()}'"
+
+
+def priced_select(
+    plan: PricingPlan,
+    where: str,
+    tz: ZoneInfo,
+    *,
+    day_sql: str | None = None,
+    adjustment_of: str = "",
+) -> str:
+    """A SELECT yielding ``daily_spend`` rows for the events matching ``where``."""
+    day = day_sql or day_expr(tz, "started_at")
+    period = " + ".join(f"(started_at >= {ts(b)})::INTEGER" for b in plan.boundaries) or "0"
+    bucket = " + ".join(f"(input_tokens > {b})::INTEGER" for b in plan.bounds) or "0"
+    currency_case = " ".join(f"WHEN '{r}' THEN '{c}'" for r, c in REGION_CURRENCY.items())
+    # The most specific discount in force (workspace+model > workspace > model), else none.
+    multiplier = (
+        """coalesce((SELECT arg_max(d.multiplier, d.kind) FROM _cs_disc d
+            WHERE (d.workspace = '' OR d.workspace = a.ws) AND (d.model = '' OR d.model = a.model)
+              AND a.period >= d.period_lo AND a.period < d.period_hi), 1)"""
+        if plan.discounts
+        else "1"
+    )
+    output = "a.output_tokens * (CASE WHEN a.thinking THEN p.{think} ELSE p.{plain} END)"
+    return f"""
+    WITH g AS (
+        SELECT {day} AS day, key_fingerprint, workspace_observed, scenario, region,
+               coalesce(nullif(model_requested, ''), model_returned) AS model,
+               {period} AS period, {bucket} AS bucket,
+               -- the billing case, one bit each (one group key is cheaper than six)
+               batch::INTEGER + 2 * (billing_plan = 'plan')::INTEGER
+               + 4 * (reasoning_tokens > 0)::INTEGER
+               + 8 * (cache_creation_tokens > 0 OR (CASE WHEN cardinality(tags) = 0 THEN false
+                      ELSE coalesce(tags['cache_type'] = 'ephemeral', false) END))::INTEGER
+               + 16 * (audio_tokens + image_tokens + video_tokens > 0)::INTEGER
+               + 32 * (audio_output_tokens > 0)::INTEGER AS case_bits,
+               count(*) AS calls, count(*) FILTER (outcome = 'ok') AS ok_calls,
+               count(*) FILTER (outcome IN ('http_error', 'network_error')) AS failed_calls,
+               count(*) FILTER (outcome IN ('denied', 'denied_local')) AS denied_calls,
+               count(*) FILTER (outcome = 'interrupted') AS interrupted_calls,
+               count(*) FILTER (usage_source = 'estimated') AS estimated_calls,
+               count(*) FILTER (input_tokens + output_tokens + image_count > 0) AS usage_calls,
+               sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+               sum(cached_tokens) AS cached_tokens,
+               sum(cache_creation_tokens) AS cache_creation_tokens,
+               sum(reasoning_tokens) AS reasoning_tokens, sum(image_tokens) AS image_tokens,
+               sum(audio_tokens) AS audio_tokens, sum(video_tokens) AS video_tokens,
+               sum(audio_output_tokens) AS audio_output_tokens, sum(image_count) AS image_count
+        FROM events
+        WHERE {where}
+        GROUP BY ALL
+    ), a AS (
+        SELECT g.*,
+               coalesce(k.workspace_id, nullif(g.workspace_observed, ''), 'unattributed') AS ws,
+               (case_bits & 1) > 0 AS batch, (case_bits & 2) > 0 AS plan,
+               (case_bits & 4) > 0 AS thinking, (case_bits & 8) > 0 AS explicit,
+               (case_bits & 16) > 0 AS multimodal, (case_bits & 32) > 0 AS audio_out
+        FROM g LEFT JOIN _cs_keys k ON k.fingerprint = g.key_fingerprint
+    ), b AS (
+        SELECT a.*,
+               coalesce(nullif(a.scenario, ''), nullif(w.default_scenario, ''), 'unassigned')
+                   AS scn,
+               coalesce(nullif(a.region, ''), w.region, '') AS reg
+        FROM a LEFT JOIN _cs_ws w ON w.id = a.ws
+    ), priced AS (
+        SELECT a.*, p.currency AS p_currency,
+        CASE
+        WHEN p.name IS NULL THEN NULL
+        WHEN a.plan THEN CAST(0 AS DECIMAL(38, 16))
+        ELSE CAST((
+            CASE
+            WHEN a.batch THEN a.input_tokens * p.batch_in
+                + {output.format(think="batch_think", plain="batch_out")}
+            WHEN p.omni THEN
+                (a.input_tokens - a.audio_tokens - a.image_tokens - a.video_tokens) * p.in_text
+                + a.audio_tokens * p.in_audio + a.image_tokens * p.in_image
+                + a.video_tokens * p.in_video
+                + CASE
+                  WHEN a.audio_out THEN a.audio_output_tokens * p.out_audio
+                  WHEN a.multimodal THEN a.output_tokens * p.out_text_when_input_multimodal
+                  ELSE a.output_tokens * p.out_text_when_input_text_only
+                  END
+            WHEN a.explicit THEN
+                (a.input_tokens - a.cached_tokens - a.cache_creation_tokens) * p.in_rate
+                + a.cached_tokens * p.er_rate + a.cache_creation_tokens * p.ew_rate
+                + {output.format(think="think_rate", plain="out_rate")}
+            ELSE
+                (a.input_tokens - a.cached_tokens) * p.in_rate + a.cached_tokens * p.implicit_rate
+                + {output.format(think="think_rate", plain="out_rate")}
+            END + a.image_count * p.image_rate
+        ) * {multiplier} AS DECIMAL(38, 16))
+        END AS cost_micro
+        FROM b AS a LEFT JOIN _cs_prices p
+          ON p.region = a.reg AND p.name = a.model
+         AND a.period >= p.period_lo AND a.period < p.period_hi
+         AND a.bucket >= p.bucket_lo AND a.bucket < p.bucket_hi
+    )
+    SELECT day, ws AS workspace_id, scn AS scenario, model, reg AS region,
+           coalesce(p_currency, CASE reg {currency_case} ELSE 'USD' END) AS currency,
+           {"true" if adjustment_of else "false"} AS is_adjustment,
+           '{adjustment_of}' AS adjustment_of,
+           sum(calls) AS calls, sum(ok_calls) AS ok_calls, sum(failed_calls) AS failed_calls,
+           sum(denied_calls) AS denied_calls, sum(interrupted_calls) AS interrupted_calls,
+           sum(estimated_calls) AS estimated_calls,
+           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+           sum(cached_tokens) AS cached_tokens, sum(cache_creation_tokens) AS cache_creation_tokens,
+           sum(reasoning_tokens) AS reasoning_tokens, sum(image_tokens) AS image_tokens,
+           sum(audio_tokens) AS audio_tokens, sum(video_tokens) AS video_tokens,
+           CAST(coalesce(sum(cost_micro), 0) * CAST(0.000001 AS DECIMAL(7, 6)) AS DECIMAL(38, 22))
+               AS cost,
+           coalesce(sum(usage_calls) FILTER (cost_micro IS NULL), 0) AS unpriced_calls,
+           coalesce(sum(input_tokens + output_tokens) FILTER (cost_micro IS NULL), 0)
+               AS unpriced_tokens
+    FROM priced
+    GROUP BY ALL
+    """
