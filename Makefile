@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format bench clean
+.PHONY: install test lint format bench clean demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+demo: $(STAMP)
+	$(BIN)/costsplit demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -49,13 +49,22 @@ MISFIRE_GRACE = {
 }
 
 
-def triggers(settings: Settings) -> dict[str, object]:
-    """Each job's APScheduler trigger (cron jobs in the reporting timezone)."""
+def triggers(settings: Settings, now: datetime) -> dict[str, object]:
+    """Each job's APScheduler trigger (cron jobs in the reporting timezone); intervals count
+    from ``now``."""
     tz = ZoneInfo(settings.timezone)
     schedules = settings.schedules
+    ingest, rollup = (
+        timedelta(seconds=schedules.ingest_seconds),
+        timedelta(seconds=schedules.rollup_seconds),
+    )
     return {
-        "ingest": IntervalTrigger(seconds=schedules.ingest_seconds, timezone=tz),
-        "rollup": IntervalTrigger(seconds=schedules.rollup_seconds, timezone=tz),
+        "ingest": IntervalTrigger(
+            seconds=int(ingest.total_seconds()), start_date=now + ingest, timezone=tz
+        ),
+        "rollup": IntervalTrigger(
+            seconds=int(rollup.total_seconds()), start_date=now + rollup, timezone=tz
+        ),
         "monthly-report": CronTrigger.from_crontab(schedules.monthly_report, timezone=tz),
         "weekly-digest": CronTrigger.from_crontab(schedules.weekly_digest, timezone=tz),
     }
@@ -77,7 +86,7 @@ def build_scheduler(
     now = clock()
     last_runs = _baseline(settings, now)
     bodies = job_bodies(settings, clock=clock, environ=environ, sleep=sleep)
-    for name, trigger in triggers(settings).items():
+    for name, trigger in triggers(settings, now).items():
         scheduler.add_job(
             run_job,
             trigger,
