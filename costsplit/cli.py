@@ -168,6 +168,119 @@ def simulate(host: str, port: int, region: str | None, sim_config: str | None) -
 
 # --- rollup: rollup, reprice, close, spend ----------------------------------------------------
 
+
+@command()
+@config_option
+def rollup(config_path: str | None) -> None:
+    """Bring the daily spend rollup up to date (only days with new or late events).
+
+    Example: costsplit rollup
+    """
+    from costsplit import rollup as rollups
+    from costsplit import store
+
+    settings = load(config_path)
+    with store.connect(settings.database) as con:
+        result = rollups.refresh(con, settings)
+    what = "every open day" if result.full else f"{result.days} day(s)"
+    click.echo(f"rolled up {what}: {result.rows} rows, {result.adjustments} adjustment rows")
+
+
+@command()
+@config_option
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), required=True, help="First day.")
+@click.option("--dry-run", is_flag=True, help="Show what would move; change nothing.")
+def reprice(config_path: str | None, since: Any, dry_run: bool) -> None:
+    """Show, per workspace, what the current price books move since a day; then apply.
+
+    Closed months stay frozen. Example: costsplit reprice --since 2026-03-01 --dry-run
+    """
+    from costsplit import periods, store
+
+    settings = load(config_path)
+    with store.connect(settings.database) as con:
+        result = periods.reprice(con, settings, since.date(), dry_run=dry_run)
+    for line in result.lines:
+        click.echo(
+            f"{line.workspace_id}  {line.currency}  {line.before} -> {line.after}  "
+            f"({'+' if line.delta >= 0 else ''}{line.delta})"
+            + (
+                f"  unpriced tokens {line.unpriced_tokens_before} -> {line.unpriced_tokens_after}"
+                if line.unpriced_tokens_before != line.unpriced_tokens_after
+                else ""
+            )
+        )
+    if result.closed_months:
+        click.echo(f"closed, not re-priced: {', '.join(result.closed_months)}")
+    click.echo("applied" if result.applied else "dry run: nothing changed")
+
+
+@command()
+@config_option
+@click.argument("month", metavar="YYYY-MM")
+def close(config_path: str | None, month: str) -> None:
+    """Freeze a month: later runs never rewrite it; late events become adjustments.
+
+    Example: costsplit close 2026-03
+    """
+    from costsplit import periods, store
+
+    settings = load(config_path)
+    with store.connect(settings.database) as con:
+        status = periods.close_month(con, settings, month)
+    click.echo(
+        f"closed {status.month} (events ingested up to {status.closed_at:%Y-%m-%d %H:%M:%S})"
+    )
+
+
+@command()
+@config_option
+@json_option
+@month_option
+@click.option("--workspace", default=None, help="Only this workspace id.")
+@click.option("--scenario", default=None, help="Only this scenario.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None, help="First day.")
+@click.option(
+    "--until", type=click.DateTime(["%Y-%m-%d"]), default=None, help="Day after the last."
+)
+@click.option(
+    "--by",
+    type=click.Choice(["day", "model", "scenario", "workspace"]),
+    default="model",
+    show_default=True,
+    help="Group lines by.",
+)
+def spend(
+    config_path: str | None,
+    as_json: bool,
+    month: str | None,
+    workspace: str | None,
+    scenario: str | None,
+    since: Any,
+    until: Any,
+    by: str,
+) -> None:
+    """What calls cost, per currency, with the unpriced usage (ingests and rolls up first).
+
+    Example: costsplit spend --scenario triage --month 2026-03 --by day --json
+    """
+    from costsplit import spend as spending
+
+    settings = load(config_path)
+    start, end = spending.period(
+        month, since.date() if since else None, until.date() if until else None, settings
+    )
+    summary = spending.spend_summary(
+        settings, start, end, by=by, workspace=workspace, scenario=scenario
+    )
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(summary.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        spending.render(summary)
+
+
 # --- reports: report, scheduler, demo ---------------------------------------------------------
 
 
