@@ -96,7 +96,14 @@ def fingerprint(env_var: str | None) -> None:
 @command()
 @config_option
 @json_option
-def ingest(config_path: str | None, as_json: bool) -> None:
+@click.option(
+    "--wait",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to keep retrying while another process holds the database.",
+)
+def ingest(config_path: str | None, as_json: bool, wait: float) -> None:
     """Move recorded events from the spool into the database, each exactly once.
 
     Safe to run at any time and as often as you like: lines already ingested are skipped,
@@ -109,7 +116,7 @@ def ingest(config_path: str | None, as_json: bool) -> None:
 
     from costsplit.ingest import ingest_spool
 
-    result = ingest_spool(load(config_path))
+    result = ingest_spool(load(config_path), lock_timeout=wait)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(result)))
     else:

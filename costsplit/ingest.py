@@ -361,7 +361,7 @@ def _line_problem(raw: bytes) -> str | None:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return f"invalid JSON: {exc}"
+        return f"invalid JSON (column {exc.colno})"
     if not isinstance(value, dict):
         return f"not a JSON object but {type(value).__name__}"
     event_id = value.get("event_id")
