@@ -1,0 +1,95 @@
+"""The usage event: its JSON line is the schema, in COLUMNS order, with no secrets."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import orjson
+
+from costsplit.events import (
+    COLUMNS,
+    SCHEMA_VERSION,
+    UsageEvent,
+    fingerprint_key,
+    key_hint,
+    new_event_id,
+    utc_timestamp,
+)
+
+
+def test_the_json_line_has_every_column_in_order_and_one_newline():
+    line = UsageEvent(event_id="e1", started_at="2026-10-01T04:00:00.000001Z").to_json_line()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert list(orjson.loads(line)) == list(COLUMNS)
+
+
+def test_the_defaults_are_an_unanswered_call_of_the_current_schema():
+    data = orjson.loads(UsageEvent(event_id="e1").to_json_line())
+    assert data == {
+        "event_id": "e1",
+        "schema_version": SCHEMA_VERSION,
+        "started_at": "",
+        "latency_us": 0,
+        "first_byte_us": None,
+        "recorder": "client",
+        "api_style": "openai-compatible",
+        "endpoint": "chat",
+        "host": "",
+        "region": "",
+        "key_fingerprint": "",
+        "key_hint": "",
+        "workspace_observed": "",
+        "scenario": None,
+        "tags": {},
+        "model_requested": "",
+        "model_returned": "",
+        "request_id": "",
+        "streamed": False,
+        "batch": False,
+        "billing_plan": "payg",
+        "outcome": "ok",
+        "http_status": None,
+        "error_code": "",
+        "usage_source": "missing",
+        **dict.fromkeys(
+            [
+                "input_tokens",
+                "output_tokens",
+                "total_tokens",
+                "cached_tokens",
+                "cache_creation_tokens",
+                "reasoning_tokens",
+                "image_tokens",
+                "audio_tokens",
+                "video_tokens",
+                "audio_output_tokens",
+                "image_count",
+            ],
+            0,
+        ),
+        "plugins": {},
+    }
+
+
+def test_event_ids_are_uuid7_unique_and_time_ordered():
+    ids = [new_event_id() for _ in range(2000)]
+    assert len(set(ids)) == 2000
+    assert all(
+        re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", i)
+        for i in ids
+    )
+    later = new_event_id() if time.sleep(0.002) is None else ""
+    assert later[:13] > ids[0][:13]  # the millisecond prefix orders them
+
+
+def test_keys_are_kept_as_a_fingerprint_and_a_hint_only():
+    assert fingerprint_key("sk-abc123456789") == fingerprint_key("  sk-abc123456789\n")
+    assert re.fullmatch(r"sha256:[0-9a-f]{16}", fingerprint_key("sk-abc123456789"))
+    assert key_hint("sk-abc123456789") == "…6789"
+    assert key_hint("short") == ""
+
+
+def test_utc_timestamp_has_microseconds_and_z():
+    assert utc_timestamp(0) == "1970-01-01T00:00:00.000000Z"
+    assert utc_timestamp(1_790_000_000.25) == "2026-09-21T14:13:20.250000Z"

@@ -1,0 +1,84 @@
+"""The store: migrated on open, one transaction per migration, a held file met with backoff."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import duckdb
+import pytest
+
+from costsplit.errors import DatabaseLocked, StoreError
+from costsplit.events import COLUMNS
+from costsplit.migrations import MIGRATIONS
+from costsplit.store import connect
+
+
+def test_a_new_database_gets_every_migration_once(tmp_path):
+    database = tmp_path / "sub" / "costsplit.duckdb"
+    with connect(database) as con:
+        names = [
+            r[0]
+            for r in con.execute(
+                "SELECT name FROM _migrations ORDER BY applied_at, name"
+            ).fetchall()
+        ]
+        columns = [r[0] for r in con.execute("DESCRIBE events").fetchall()]
+    assert sorted(names) == sorted(m.__name__ for m in MIGRATIONS)
+    assert columns[: len(COLUMNS)] == list(COLUMNS)
+    with connect(database) as con:  # a second open applies nothing
+        (count,) = con.execute("SELECT count(*) FROM _migrations").fetchone()
+    assert count == len(MIGRATIONS)
+
+
+def test_spool_offsets_and_ingest_log_exist(tmp_path):
+    with connect(tmp_path / "db.duckdb") as con:
+        offsets = [r[0] for r in con.execute("DESCRIBE spool_offsets").fetchall()]
+        log = [r[0] for r in con.execute("DESCRIBE ingest_log").fetchall()]
+    assert offsets == ["segment", "byte_offset", "updated_at"]
+    assert log == ["ingested_at", "ingested", "duplicates", "rejected", "quarantined"]
+
+
+def test_read_only_needs_an_existing_database(tmp_path):
+    with pytest.raises(StoreError) as caught, connect(tmp_path / "none.duckdb", read_only=True):
+        pass
+    assert (
+        str(caught.value)
+        == f"{tmp_path / 'none.duckdb'}: no database yet (run `costsplit ingest` first)"
+    )
+
+
+def test_a_file_held_by_another_process_is_retried_then_reported(tmp_path):
+    database = tmp_path / "db.duckdb"
+    duckdb.connect(str(database)).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, duckdb; c = duckdb.connect(sys.argv[1]); "
+            "print('ready', flush=True); sys.stdin.read()",
+            str(database),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline() == b"ready\n"
+        waits: list[float] = []
+        with (
+            pytest.raises(DatabaseLocked) as caught,
+            connect(database, lock_timeout=0.5, sleep=waits.append),
+        ):
+            pass
+    finally:
+        holder.stdin.close()
+        holder.stdout.close()
+        holder.wait()
+    assert waits[:4] == [0.01, 0.02, 0.04, 0.08]  # backoff doubles
+    assert sum(waits[:-1]) < 0.5 <= sum(waits)
+    assert str(caught.value) == (
+        f"{database} is locked by another process (PID {holder.pid}); waited {sum(waits):.1f}s — "
+        "nothing is lost, events stay in the spool until the next run"
+    )
+    with connect(database) as con:  # free again
+        assert con.execute("SELECT 1").fetchone() == (1,)
