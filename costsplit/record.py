@@ -62,7 +62,7 @@ import orjson
 
 from costsplit.config import Settings, load_settings
 from costsplit.errors import ModelNotGranted
-from costsplit.events import UsageEvent, fingerprint_key, key_hint, utc_timestamp
+from costsplit.events import UsageEvent, fingerprint_key, key_hint
 from costsplit.usage import (
     BodyFacts,
     StreamText,
@@ -192,6 +192,13 @@ def region_of_host(host: str) -> tuple[str, str]:
         workspace = match["ws"] if match["ws"] != "token-plan" else ""
         return match["region"], workspace
     return "", ""
+
+
+def _timestamp(seconds: float) -> str:
+    """``events.utc_timestamp`` (microseconds truncated), in a third of its time."""
+    whole = int(seconds)
+    micros = int((seconds - whole) * 1_000_000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros:06d}Z"
 
 
 def _bearer(authorization: str) -> str:
@@ -340,7 +347,7 @@ class Exchange:
         )
 
         self.event = UsageEvent(
-            started_at=utc_timestamp(recorder.clock()),
+            started_at=_timestamp(recorder.clock()),
             recorder=recorder.recorder,
             api_style=api_style,
             endpoint=endpoint,
@@ -434,6 +441,29 @@ class Exchange:
             self.filter_usage = False
             data, self.carry = self.carry + data, b""
         return data
+
+    def plain_sink(self) -> Callable[[bytes], None] | None:
+        """For adapters: when chunks need no filtering, a cheap ``keep(chunk)`` to call instead
+        of ``chunk`` (after ``first_chunk``), plus ``trim`` every few hundred chunks; else None.
+        """
+        if self.done or self.filter_usage:
+            return None
+        return self.chunks.append
+
+    def first_chunk(self) -> None:
+        """For adapters on the ``plain_sink`` path: the first body chunk arrived."""
+        if self.first_byte_ns is None:
+            self.first_byte_ns = time.perf_counter_ns()
+
+    def trim(self) -> None:
+        """For adapters on the ``plain_sink`` path: bound the bytes kept of a long stream."""
+        try:
+            if self.sse and not self.done:
+                self.size = sum(map(len, self.chunks))
+                if self.size > self.recorder.stream_tail_bytes:
+                    self._evict()
+        except Exception as exc:
+            _failed("trimming a stream", exc)
 
     def end(self) -> bytes:
         """The body is complete: write the event; return bytes still held for the caller."""

@@ -87,11 +87,26 @@ class SyncRecordingBody:
 
     def __iter__(self) -> Iterator[bytes]:
         exchange = self._exchange
+        keep = exchange.plain_sink()
         try:
-            for chunk in self._inner:
-                out = exchange.chunk(chunk)
-                if out:
-                    yield out
+            if keep is None:
+                for chunk in self._inner:
+                    out = exchange.chunk(chunk)
+                    if out:
+                        yield out
+            else:
+                # The common path: one list append per chunk, the rest at the end.
+                chunks = iter(self._inner)
+                for chunk in chunks:
+                    exchange.first_chunk()
+                    keep(chunk)
+                    yield chunk
+                    break
+                for count, chunk in enumerate(chunks, 2):
+                    keep(chunk)
+                    yield chunk
+                    if not count & 255:
+                        exchange.trim()
         except GeneratorExit:
             exchange.close()
             raise
@@ -118,11 +133,23 @@ class AsyncRecordingBody:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         exchange = self._exchange
+        keep = exchange.plain_sink()
         try:
-            async for chunk in self._inner:
-                out = exchange.chunk(chunk)
-                if out:
-                    yield out
+            if keep is None:
+                async for chunk in self._inner:
+                    out = exchange.chunk(chunk)
+                    if out:
+                        yield out
+            else:
+                count = 0
+                async for chunk in self._inner:
+                    if not count:
+                        exchange.first_chunk()
+                    keep(chunk)
+                    yield chunk
+                    count += 1
+                    if not count & 255:
+                        exchange.trim()
         except GeneratorExit:
             exchange.close()
             raise

@@ -1,0 +1,200 @@
+"""Benchmark what recording adds to a call, on an in-process upstream (no network, no server).
+
+Measures, with the openai SDK's HTTP client (httpx2) and with httpx:
+  1. the added cost per non-streamed chat call: median time of a call through
+     ``RecordingTransport(MockTransport)`` minus the median through the bare ``MockTransport``,
+     events appended to a real spool (target ≤ 50 µs);
+  2. stream throughput: chunks per second read through the recording transport vs the bare one
+     (target ≥ 95% of bare), from the simulator on loopback (a real HTTP upstream), and, as a
+     worst case, from the in-process upstream where a chunk costs the bare client about 1 µs:
+     a 200-chunk compatible-mode stream whose caller did not ask for usage (costsplit injected
+     include_usage and removes the usage-only chunk) and a native one.
+
+Run: python benchmarks/bench_record.py [--calls 5000] [--streams 300] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import httpx2
+import orjson
+
+from costsplit.config import Settings
+from costsplit.spool import Spool
+from costsplit.transport import RecordingTransport
+from costsplit.transport_httpx2 import Httpx2RecordingTransport
+
+KEY = "sk-" + "0" * 32
+CHAT_URL = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1/chat/completions"
+NATIVE_URL = "https://dashscope-intl.aliyuncs.com/api/v1/services/aigc/text-generation/generation"
+REQUEST = {"model": "qwen-plus", "messages": [{"role": "user", "content": "How much in March?"}]}
+CHAT_BODY = orjson.dumps(
+    {
+        "id": "chatcmpl-3b7e1c52-8d4a-9f10-b6c2-5a0e7d91c4f8",
+        "object": "chat.completion",
+        "created": 1767692400,
+        "model": "qwen-plus",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "Support spent 1,284.50 USD. " * 8},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 3019,
+            "completion_tokens": 104,
+            "total_tokens": 3123,
+            "prompt_tokens_details": {"cached_tokens": 2048},
+        },
+    }
+)
+
+
+def compatible_stream(chunks: int) -> list[bytes]:
+    base = {"object": "chat.completion.chunk", "created": 1, "model": "qwen-flash", "id": "c-1"}
+    events = []
+    for i in range(chunks - 2):
+        delta = {
+            "choices": [{"index": 0, "delta": {"content": f" word{i}"}, "finish_reason": None}]
+        }
+        events.append(b"data: " + orjson.dumps({**delta, **base, "usage": None}) + b"\n\n")
+    usage = {"prompt_tokens": 58, "completion_tokens": chunks, "total_tokens": 58 + chunks}
+    events.append(b"data: " + orjson.dumps({"choices": [], **base, "usage": usage}) + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def native_stream(chunks: int) -> list[bytes]:
+    events = []
+    for i in range(chunks):
+        reason = "stop" if i == chunks - 1 else "null"
+        body = {
+            "output": {"choices": [{"message": {"content": f" w{i}"}, "finish_reason": reason}]},
+            "usage": {"input_tokens": 16, "output_tokens": i + 1, "total_tokens": 17 + i},
+            "request_id": "r-1",
+        }
+        events.append(f"id:{i + 1}\nevent:result\n:HTTP_STATUS/200\ndata:".encode()
+                      + orjson.dumps(body) + b"\n\n")  # fmt: skip
+    return events
+
+
+def upstream(lib: ModuleType, stream: list[bytes] | None):
+    """An in-process upstream: a canned JSON answer, or a stream yielding one event per chunk."""
+
+    class Chunks(lib.SyncByteStream):
+        def __iter__(self):
+            yield from stream
+
+    def handle(request):
+        if stream is None:
+            return lib.Response(
+                200, content=CHAT_BODY, headers={"content-type": "application/json"}
+            )
+        return lib.Response(200, stream=Chunks(), headers={"content-type": "text/event-stream"})
+
+    return lib.MockTransport(handle)
+
+
+def clients(lib: ModuleType, recording: type, spool: Spool, stream: list[bytes] | None):
+    bare = lib.Client(transport=upstream(lib, stream))
+    recorded_transport = recording(upstream(lib, stream), sink=spool, settings=Settings())
+    return bare, lib.Client(transport=recorded_transport)
+
+
+def per_call_us(client, calls: int) -> float:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    timings = []
+    for _ in range(calls):
+        start = time.perf_counter_ns()
+        client.post(CHAT_URL, json=REQUEST, headers=headers).read()
+        timings.append(time.perf_counter_ns() - start)
+    return statistics.median(timings) / 1000
+
+
+def chunks_per_second(client, url: str, body: dict, streams: int, chunks: int) -> float:
+    headers = {"Authorization": f"Bearer {KEY}", "X-DashScope-SSE": "enable"}
+    start = time.perf_counter()
+    for _ in range(streams):
+        with client.stream("POST", url, json=body, headers=headers) as response:
+            for _chunk in response.iter_raw():
+                pass
+    return streams * chunks / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--streams", type=int, default=300)
+    parser.add_argument("--chunks", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        spool = Spool(Path(folder), fsync_interval=0.05)
+        for lib, recording in ((httpx2, Httpx2RecordingTransport), (httpx, RecordingTransport)):
+            bare, recorded = clients(lib, recording, spool, None)
+            per_call_us(bare, 500), per_call_us(recorded, 500)  # warm up
+            added = []
+            for _ in range(args.rounds):
+                plain, with_recording = (
+                    per_call_us(bare, args.calls),
+                    per_call_us(recorded, args.calls),
+                )
+                added.append(with_recording - plain)
+            print(f"{lib.__name__:6} non-streamed call: bare {plain:.1f} µs, recorded "
+                  f"{with_recording:.1f} µs, added {statistics.median(added):.1f} µs "
+                  f"(median of {args.rounds} rounds; target ≤ 50)")  # fmt: skip
+            cases = (
+                ("compatible (filtered)", compatible_stream(args.chunks), CHAT_URL,
+                 {**REQUEST, "stream": True}),
+                ("native", native_stream(args.chunks), NATIVE_URL, {"model": "qwen-plus"}),
+            )  # fmt: skip
+            for name, events, url, body in cases:
+                bare, recorded = clients(lib, recording, spool, events)
+                ratios = []
+                for _ in range(args.rounds):
+                    plain = chunks_per_second(bare, url, body, args.streams, len(events))
+                    through = chunks_per_second(recorded, url, body, args.streams, len(events))
+                    ratios.append(through / plain)
+                print(f"{lib.__name__:6} stream {name}: bare {plain:,.0f} chunks/s, recorded "
+                      f"{through:,.0f} chunks/s, ratio {statistics.median(ratios):.1%} "
+                      f"(median of {args.rounds}; target ≥ 95%)")  # fmt: skip
+        loopback_streams(spool, args.rounds, max(args.streams // 3, 20))
+        spool.close()
+
+
+def loopback_streams(spool: Spool, rounds: int, streams: int) -> None:
+    from costsplit.simulator import run_in_thread
+
+    body = {"model": "qwen-plus", "stream": True,
+            "messages": [{"role": "user", "content": "Explain the March bill. " * 20}]}  # fmt: skip
+    headers = {"Authorization": "Bearer sk-sim-default-intl"}
+    with run_in_thread() as simulator:
+        url = simulator.base_url + "/compatible-mode/v1/chat/completions"
+        transport = Httpx2RecordingTransport(
+            sink=spool, settings=Settings(), region="ap-southeast-1"
+        )
+        with httpx2.Client() as bare, httpx2.Client(transport=transport) as recorded:
+
+            def rate(client) -> float:
+                chunks, start = 0, time.perf_counter()
+                for _ in range(streams):
+                    with client.stream("POST", url, json=body, headers=headers) as response:
+                        chunks += sum(1 for _ in response.iter_raw())
+                return chunks / (time.perf_counter() - start)
+
+            rate(bare), rate(recorded)
+            ratios = [rate(recorded) / rate(bare) for _ in range(rounds)]
+        print(f"httpx2 stream over loopback (simulator, compatible, filtered): ratio "
+              f"{statistics.median(ratios):.1%} (median of {rounds}; target ≥ 95%)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
