@@ -79,7 +79,8 @@ def _environment(templates_dir: Path | None) -> jinja2.Environment:
     env.filters["signed"] = lambda d: (
         ("+" if d > 0 else "") + format_amount(d) if d is not None else "—"
     )
-    env.filters["pct"] = lambda d: "—" if d is None else f"{d:+.1f}%" if d else "0.0%"
+    # A change against a month with nothing shown is "new", not an infinite percentage.
+    env.filters["pct"] = lambda d: "new" if d is None else f"{d:+.1f}%" if d else "0.0%"
     env.globals["svg_bars"] = svg_bars
     return env
 
