@@ -33,6 +33,7 @@ SHIPPED_BOOK = Path(__file__).resolve().parent.parent / "config" / "prices.json"
 SCHEMA = "costsplit.pricebook/v1"
 KINDS = ("chat", "vision", "omni", "translation", "embedding", "image")
 MILLION = Decimal(1_000_000)
+DEFAULT_FROM = "2025-01-01"  # the reference gives no effective dates; see config/prices.json
 RATE_SCALE = 10  # decimals of a rate per 1M tokens, as stored in SQL (DECIMAL(38, 10))
 MULTIPLIER_SCALE = 6
 FOREVER = datetime(9999, 1, 1, tzinfo=ZoneInfo("UTC"))
@@ -328,7 +329,8 @@ class _Book:
                 f"unit_tokens must divide 1000000 (e.g. 1000 or 1000000), got {unit_tokens!r}",
             )
         per_million = Decimal(1_000_000 // unit_tokens)
-        valid_from = self.moment(f"{where}.from", item.get("from"), self.defaults.get("from"))
+        default_from = self.defaults.get("from", DEFAULT_FROM)
+        valid_from = self.moment(f"{where}.from", item.get("from"), default_from)
         if valid_from is None:
             raise self.fail(where, "from is required (here or in defaults.from)")
         valid_to = self.moment(f"{where}.to", item.get("to"), None)
@@ -458,7 +460,8 @@ class _Book:
             raise self.fail(where, "needs a workspace, a model or both")
         if "multiplier" not in item:
             raise self.fail(where, 'multiplier is required (e.g. "0.9" for 10% off)')
-        valid_from = self.moment(f"{where}.from", item.get("from"), self.defaults.get("from"))
+        default_from = self.defaults.get("from", DEFAULT_FROM)
+        valid_from = self.moment(f"{where}.from", item.get("from"), default_from)
         valid_to = self.moment(f"{where}.to", item.get("to"), None)
         if valid_from is None or (valid_to is not None and valid_to <= valid_from):
             raise self.fail(where, "needs from, and to after from")
