@@ -423,3 +423,21 @@ def test_cli_with_two_workers_each_process_its_own_segment(simulator, tmp_path, 
     recorded = events(settings)
     assert len(recorded) == 12 and {e["recorder"] for e in recorded} == {"proxy"}
     assert 1 <= len(list((costsplit_home / "spool").glob("*.jsonl"))) <= 2
+
+
+def test_upstream_cut_mid_stream_cuts_the_caller_and_records_interrupted(simulator, costsplit_home):
+    proxy, settings = start_proxy(costsplit_home, simulator.base_url)
+    body = {**BODY, "stream": True}
+    received = b""
+    with proxy:
+        headers = {**AUTH, "X-Simulator-Fault": "cut-after=2"}
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            httpx.stream("POST", proxy.base_url + CHAT, json=body, headers=headers) as r,
+        ):
+            for piece in r.iter_raw():
+                received += piece
+        [event] = wait_events(settings, 1)
+    assert received.count(b"data: {") == 2 and b"[DONE]" not in received
+    assert (event["outcome"], event["streamed"], event["http_status"]) == ("interrupted", True, 200)
+    assert event["usage_source"] == "estimated"
