@@ -213,14 +213,12 @@ class Forwarder:
         )
 
 
-def _forward_headers(headers: Iterable[tuple[str, str]]) -> CIMultiDict:
-    out: CIMultiDict = CIMultiDict()
-    for name, value in headers:
-        lower = name.lower()
-        if lower in REQUEST_DROP or lower.startswith("x-costsplit-"):
-            continue
-        out.add(name, value)
-    return out
+def _forward_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [
+        (name, value)
+        for name, value in headers
+        if not ((lower := name.lower()) in REQUEST_DROP or lower.startswith("x-costsplit-"))
+    ]
 
 
 def _response_headers(raw: Iterable[tuple[bytes, bytes]], *, stream: bool) -> CIMultiDict:
