@@ -6,6 +6,7 @@ upstream where a test must hold a stream open or see the proxy close it.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import signal
@@ -20,9 +21,9 @@ import orjson
 import pytest
 from proxy_world import events, normalise, proxy_settings, start_proxy, tokens, wait_events
 
-from costsplit.config import ProxySettings, Route
+from costsplit.config import ProxySettings, Route, Workspace
 from costsplit.events import fingerprint_key
-from costsplit.proxy import RouteTable
+from costsplit.proxy import RouteTable, run_in_thread
 from costsplit.proxy.routes import BUILTIN_ROUTES, RouteError
 from costsplit.simulator import usage_for
 
@@ -441,3 +442,30 @@ def test_upstream_cut_mid_stream_cuts_the_caller_and_records_interrupted(simulat
     assert received.count(b"data: {") == 2 and b"[DONE]" not in received
     assert (event["outcome"], event["streamed"], event["http_status"]) == ("interrupted", True, 200)
     assert event["usage_source"] == "estimated"
+
+
+def test_workspace_by_key_fingerprint_as_in_the_client(simulator, costsplit_home):
+    settings = proxy_settings(costsplit_home, simulator.base_url)
+    support = "sk-sim-support-intl"
+    workspace = Workspace(
+        "ws-support0000000",
+        "Support",
+        "ap-southeast-1",
+        key_fingerprints=(fingerprint_key(support),),
+    )
+    settings = dataclasses.replace(settings, workspaces=(workspace,))
+    with run_in_thread(settings) as proxy:
+        httpx.post(proxy.base_url + CHAT, json=BODY, headers={"Authorization": f"Bearer {support}"})
+    [event] = events(settings)
+    assert (event["workspace_observed"], event["key_hint"]) == ("ws-support0000000", "…intl")
+
+
+def test_no_record_forwards_the_same_and_records_nothing(simulator, costsplit_home):
+    settings = proxy_settings(costsplit_home, simulator.base_url)
+    headers = {**AUTH, "X-Costsplit-Scenario": "ignored"}
+    with run_in_thread(settings, record=False) as proxy:
+        proxied = httpx.post(proxy.base_url + CHAT, json=BODY, headers=headers)
+    direct = httpx.post(simulator.base_url + CHAT, json=BODY, headers=AUTH)
+    assert normalise(proxied.content) == normalise(direct.content)
+    assert [k for k in simulator.requests[0].headers if k.startswith("x-costsplit")] == []
+    assert events(settings) == []
