@@ -135,19 +135,25 @@ class Spool:
         pid = os.getpid()
         if self._pid != pid:
             self._forget_parent(pid)
+        name = f"{time.time_ns()}-{pid}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
+        path = self.directory / name
+        # Created under a name ingest ignores and renamed once locked: ingest never sees the
+        # segment unlocked (which it would take for finished, and remove) before its first line.
+        hidden = self.directory / f".{name}.new"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            name = f"{time.time_ns()}-{pid}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
-            path = self.directory / name
-            fd = os.open(path, _OPEN_FLAGS, 0o644)
+            fd = os.open(hidden, _OPEN_FLAGS, 0o644)
         except OSError as exc:
             raise SpoolError(
                 f"{self.directory}: cannot open a spool segment: {exc.strerror}"
             ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(hidden, path)
         except OSError as exc:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                hidden.unlink()
             raise SpoolError(f"{path}: cannot lock the new segment: {exc.strerror}") from exc
         self._fd, self._path, self._size = fd, path, 0
         if self.fsync_interval > 0 and (self._syncer is None or not self._syncer.is_alive()):
@@ -241,6 +247,12 @@ def _after_fork_in_child() -> None:
         spool._lock = threading.Lock()
         spool._wake = threading.Event()
         spool._syncer = None
+        # Our copy of the parent's descriptor would keep the parent's segment locked (open, to
+        # ingest) for as long as we live; drop it. The next append opens our own segment.
+        if spool._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(spool._fd)
+            spool._fd = -1
 
 
 def _close_all() -> None:

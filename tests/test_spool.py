@@ -154,3 +154,24 @@ def test_open_spool_is_one_per_directory_per_process(tmp_path):
     second = open_spool(settings)
     assert second is not first
     second.close()
+
+
+def test_a_forked_child_does_not_keep_the_parents_segment_open(tmp_path):
+    spool = Spool(tmp_path, fsync_interval=0)
+    spool.append(UsageEvent(event_id="parent-1"))
+    segment = spool.segment
+    go_read, go_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child records nothing and just lives on until told
+        try:
+            os.close(go_write)
+            os.read(go_read, 1)
+        finally:
+            os._exit(0)
+    os.close(go_read)
+    try:
+        spool.close()
+        assert not is_locked(segment)  # ingest may finish it although the child still runs
+    finally:
+        os.close(go_write)
+        os.waitpid(pid, 0)
