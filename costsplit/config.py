@@ -24,7 +24,14 @@ from costsplit.errors import ConfigError
 from costsplit.events import fingerprint_key
 
 DEFAULT_CONFIG = Path("config") / "costsplit.toml"
-REGIONS = ("ap-southeast-1", "cn-beijing", "us-east-1", "cn-hongkong", "ap-northeast-1", "eu-central-1")
+REGIONS = (
+    "ap-southeast-1",
+    "cn-beijing",
+    "us-east-1",
+    "cn-hongkong",
+    "ap-northeast-1",
+    "eu-central-1",
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -132,8 +139,10 @@ class Settings:
         return next((w for w in self.workspaces if w.id == workspace_id), None)
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str], cwd: Path) -> Path | None:
-    """The config file to read: explicit, then ``COSTSPLIT_CONFIG``, then ``config/costsplit.toml``."""
+def find_config_file(
+    explicit: str | os.PathLike[str] | None, environ: Mapping[str, str], cwd: Path
+) -> Path | None:
+    """The file to read: explicit, then ``COSTSPLIT_CONFIG``, then ``config/costsplit.toml``."""
     if explicit:
         return Path(explicit)
     if environ.get("COSTSPLIT_CONFIG"):
@@ -184,12 +193,16 @@ class _Reader:
     # -- error reporting -------------------------------------------------------------------
     def fail(self, key: str, message: str) -> ConfigError:
         line = self.line_of(key)
-        where = f"{self.source}:{line}" if self.source and line else str(self.source or "<defaults>")
+        where = (
+            f"{self.source}:{line}" if self.source and line else str(self.source or "<defaults>")
+        )
         return ConfigError(f"{where}: {key}: {message}")
 
     def line_of(self, dotted: str) -> int | None:
         """Best-effort line of a dotted key (``workspaces[1].region``) in the TOML text."""
-        match = re.fullmatch(r"(?:(?P<table>.+?)(?:\[(?P<index>\d+)\])?\.)?(?P<leaf>[^.\[\]]+)(?:\[\d+\])?", dotted)
+        match = re.fullmatch(
+            r"(?:(?P<table>.+?)(?:\[(?P<index>\d+)\])?\.)?(?P<leaf>[^.\[\]]+)(?:\[\d+\])?", dotted
+        )
         if not match:
             return None
         table, leaf = match["table"] or "", match["leaf"]
@@ -204,7 +217,7 @@ class _Reader:
                 if header[1] == "[[":
                     counts[current] = counts.get(current, -1) + 1
                 current_index = counts.get(current, 0)
-                if current in (f"{table}.{leaf}" if table else leaf, ):
+                if current in (f"{table}.{leaf}" if table else leaf,):
                     return number
                 if current == table and index in (None, current_index):
                     fallback = fallback or number
@@ -233,7 +246,9 @@ class _Reader:
                 raise self.fail(f"{key}.{name}" if key else name, f"unknown key (known: {known})")
         return data
 
-    def get(self, data: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    def get(
+        self, data: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any
+    ) -> Any:
         short = key.rsplit(".", 1)[-1].split("[")[0]
         if short not in data:
             return default
@@ -241,7 +256,9 @@ class _Reader:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            names = (
+                kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            )
             raise self.fail(key, f"must be {_article(names)}, got {type(value).__name__} {value!r}")
         return value
 
@@ -254,14 +271,20 @@ class _Reader:
     def decimal(self, data: dict[str, Any], key: str) -> Decimal | None:
         if isinstance(data.get(key.rsplit(".", 1)[-1]), float):
             value = data[key.rsplit(".", 1)[-1]]
-            raise self.fail(key, f"must be a decimal amount written as a string such as \"{value}\", got float {value!r}")
+            raise self.fail(
+                key,
+                f'must be a decimal amount written as a string such as "{value}", '
+                f"got float {value!r}",
+            )
         value = self.get(data, key, (str, int), None)
         if value is None:
             return None
         try:
             amount = Decimal(str(value))
         except InvalidOperation:
-            raise self.fail(key, f"must be a decimal amount such as \"12.50\", got {value!r}") from None
+            raise self.fail(
+                key, f'must be a decimal amount such as "12.50", got {value!r}'
+            ) from None
         if not amount.is_finite() or amount < 0:
             raise self.fail(key, f"must be a non-negative amount, got {value!r}")
         return amount
@@ -284,38 +307,80 @@ class _Reader:
 
     # -- the whole file --------------------------------------------------------------------
     def settings(self, data: dict[str, Any]) -> Settings:
-        top = self.table(data, "", {"storage", "reporting", "recording", "prices", "exchange_rates", "workspaces", "scenarios", "smtp", "schedules", "proxy"})
-        storage = self.table(top.get("storage"), "storage", {"home", "database", "spool", "fsync_interval_ms"})
-        home_value = self.env_or("COSTSPLIT_HOME", self.get(storage, "storage.home", str, "~/.costsplit"))
+        top = self.table(
+            data,
+            "",
+            {
+                "storage",
+                "reporting",
+                "recording",
+                "prices",
+                "exchange_rates",
+                "workspaces",
+                "scenarios",
+                "smtp",
+                "schedules",
+                "proxy",
+            },
+        )
+        storage = self.table(
+            top.get("storage"), "storage", {"home", "database", "spool", "fsync_interval_ms"}
+        )
+        home_value = self.env_or(
+            "COSTSPLIT_HOME", self.get(storage, "storage.home", str, "~/.costsplit")
+        )
         home = Path(os.path.expanduser(home_value))
         home = home if home.is_absolute() else self.base / home
-        database = self.env_or("COSTSPLIT_DATABASE", self.get(storage, "storage.database", str, "costsplit.duckdb"))
+        database = self.env_or(
+            "COSTSPLIT_DATABASE", self.get(storage, "storage.database", str, "costsplit.duckdb")
+        )
         spool = self.env_or("COSTSPLIT_SPOOL", self.get(storage, "storage.spool", str, "spool"))
         fsync_ms = self.get(storage, "storage.fsync_interval_ms", (int, float), 50)
         if fsync_ms < 0:
             raise self.fail("storage.fsync_interval_ms", "must be 0 (fsync every event) or more")
 
-        reporting = self.table(top.get("reporting"), "reporting", {"timezone", "currency", "output", "templates"})
-        timezone = self.env_or("COSTSPLIT_TIMEZONE", self.get(reporting, "reporting.timezone", str, "Asia/Shanghai"))
+        reporting = self.table(
+            top.get("reporting"), "reporting", {"timezone", "currency", "output", "templates"}
+        )
+        timezone = self.env_or(
+            "COSTSPLIT_TIMEZONE", self.get(reporting, "reporting.timezone", str, "Asia/Shanghai")
+        )
         try:
             ZoneInfo(timezone)
         except (ZoneInfoNotFoundError, ValueError):
             if self.environ.get("COSTSPLIT_TIMEZONE"):
-                raise ConfigError(f"environment COSTSPLIT_TIMEZONE: unknown time zone {timezone!r}") from None
+                raise ConfigError(
+                    f"environment COSTSPLIT_TIMEZONE: unknown time zone {timezone!r}"
+                ) from None
             raise self.fail("reporting.timezone", f"unknown time zone {timezone!r}") from None
         currency = self.currency(reporting, "reporting.currency", "USD")
         output = self.get(reporting, "reporting.output", str, "")
         templates = self.get(reporting, "reporting.templates", str, "")
 
-        recording = self.table(top.get("recording"), "recording", {"enforce_grants", "capture_content"})
+        recording = self.table(
+            top.get("recording"), "recording", {"enforce_grants", "capture_content"}
+        )
         prices = self.table(top.get("prices"), "prices", {"files"})
 
-        workspaces = tuple(self.workspace(w, i) for i, w in enumerate(self.array(top, "workspaces")))
-        _unique([w.id for w in workspaces], lambda i: self.fail(f"workspaces[{i}].id", "duplicate workspace id"))
-        scenarios = tuple(self.scenario(s, i, workspaces) for i, s in enumerate(self.array(top, "scenarios")))
-        _unique([s.name for s in scenarios], lambda i: self.fail(f"scenarios[{i}].name", "duplicate scenario name"))
+        workspaces = tuple(
+            self.workspace(w, i) for i, w in enumerate(self.array(top, "workspaces"))
+        )
+        _unique(
+            [w.id for w in workspaces],
+            lambda i: self.fail(f"workspaces[{i}].id", "duplicate workspace id"),
+        )
+        scenarios = tuple(
+            self.scenario(s, i, workspaces) for i, s in enumerate(self.array(top, "scenarios"))
+        )
+        _unique(
+            [s.name for s in scenarios],
+            lambda i: self.fail(f"scenarios[{i}].name", "duplicate scenario name"),
+        )
         fingerprints = [fp for w in workspaces for fp in w.key_fingerprints]
-        _unique(fingerprints, lambda i: self.fail("workspaces", f"key {fingerprints[i]} belongs to two workspaces"))
+        _unique(
+            fingerprints,
+            lambda i: self.fail("workspaces", f"key {fingerprints[i]} belongs to two workspaces"),
+        )
 
         return Settings(
             source=self.source,
@@ -330,7 +395,9 @@ class _Reader:
             enforce_grants=self.get(recording, "recording.enforce_grants", bool, False),
             capture_content=self.get(recording, "recording.capture_content", bool, False),
             price_books=tuple(self.path(p) for p in self.strings(prices, "prices.files")),
-            exchange_rates=tuple(self.rate(r, i) for i, r in enumerate(self.array(top, "exchange_rates"))),
+            exchange_rates=tuple(
+                self.rate(r, i) for i, r in enumerate(self.array(top, "exchange_rates"))
+            ),
             workspaces=workspaces,
             scenarios=scenarios,
             smtp=self.smtp(top.get("smtp")),
@@ -347,7 +414,9 @@ class _Reader:
     def currency(self, data: dict[str, Any], key: str, default: str) -> str:
         value = self.get(data, key, str, default)
         if not re.fullmatch(r"[A-Z]{3}", value):
-            raise self.fail(key, f"must be a three-letter currency code such as USD or CNY, got {value!r}")
+            raise self.fail(
+                key, f"must be a three-letter currency code such as USD or CNY, got {value!r}"
+            )
         return value
 
     def required(self, data: dict[str, Any], key: str) -> str:
@@ -358,14 +427,33 @@ class _Reader:
 
     def workspace(self, data: Any, i: int) -> Workspace:
         key = f"workspaces[{i}]"
-        data = self.table(data, key, {"id", "name", "region", "cost_centre", "owners", "models", "key_fingerprints", "key_envs", "default_scenario"})
+        data = self.table(
+            data,
+            key,
+            {
+                "id",
+                "name",
+                "region",
+                "cost_centre",
+                "owners",
+                "models",
+                "key_fingerprints",
+                "key_envs",
+                "default_scenario",
+            },
+        )
         region = self.required(data, f"{key}.region")
         if region not in REGIONS:
-            raise self.fail(f"{key}.region", f"unknown region {region!r} (known: {', '.join(REGIONS)})")
+            raise self.fail(
+                f"{key}.region", f"unknown region {region!r} (known: {', '.join(REGIONS)})"
+            )
         fingerprints = list(self.strings(data, f"{key}.key_fingerprints"))
         for fp in fingerprints:
             if not re.fullmatch(r"sha256:[0-9a-f]{16}", fp):
-                raise self.fail(f"{key}.key_fingerprints", f"{fp!r} is not a fingerprint (run `costsplit fingerprint`)")
+                raise self.fail(
+                    f"{key}.key_fingerprints",
+                    f"{fp!r} is not a fingerprint (run `costsplit fingerprint`)",
+                )
         key_envs = self.strings(data, f"{key}.key_envs")
         for name in key_envs:
             # The key itself is read here and only its fingerprint is kept.
@@ -386,7 +474,9 @@ class _Reader:
 
     def scenario(self, data: Any, i: int, workspaces: tuple[Workspace, ...]) -> Scenario:
         key = f"scenarios[{i}]"
-        data = self.table(data, key, {"name", "workspace", "owners", "monthly_budget", "budget_currency"})
+        data = self.table(
+            data, key, {"name", "workspace", "owners", "monthly_budget", "budget_currency"}
+        )
         workspace = self.required(data, f"{key}.workspace")
         if workspaces and workspace not in {w.id for w in workspaces}:
             raise self.fail(f"{key}.workspace", f"no workspace with id {workspace!r}")
@@ -396,7 +486,9 @@ class _Reader:
             workspace=workspace,
             owners=self.strings(data, f"{key}.owners"),
             monthly_budget=budget,
-            budget_currency=self.currency(data, f"{key}.budget_currency", "USD") if budget is not None else "",
+            budget_currency=self.currency(data, f"{key}.budget_currency", "USD")
+            if budget is not None
+            else "",
         )
 
     def rate(self, data: Any, i: int) -> ExchangeRate:
@@ -407,7 +499,9 @@ class _Reader:
             raise self.fail(f"{key}.month", f"must be YYYY-MM, got {month!r}")
         rate = self.decimal(data, f"{key}.rate")
         if rate is None or rate == 0:
-            raise self.fail(f"{key}.rate", "is required and must be positive (write it as a string)")
+            raise self.fail(
+                f"{key}.rate", "is required and must be positive (write it as a string)"
+            )
         return ExchangeRate(
             month=month,
             from_currency=self.currency(data, f"{key}.from", ""),
@@ -418,7 +512,19 @@ class _Reader:
         )
 
     def smtp(self, data: Any) -> SmtpSettings:
-        data = self.table(data, "smtp", {"host", "port", "security", "username_env", "password_env", "sender", "timeout_seconds"})
+        data = self.table(
+            data,
+            "smtp",
+            {
+                "host",
+                "port",
+                "security",
+                "username_env",
+                "password_env",
+                "sender",
+                "timeout_seconds",
+            },
+        )
         security = self.get(data, "smtp.security", str, "none")
         if security not in ("none", "starttls", "tls"):
             raise self.fail("smtp.security", f"must be none, starttls or tls, got {security!r}")
@@ -436,14 +542,26 @@ class _Reader:
         )
 
     def schedules(self, data: Any) -> Schedules:
-        data = self.table(data, "schedules", {"ingest_seconds", "rollup_seconds", "monthly_report", "weekly_digest", "finance_recipients"})
+        data = self.table(
+            data,
+            "schedules",
+            {
+                "ingest_seconds",
+                "rollup_seconds",
+                "monthly_report",
+                "weekly_digest",
+                "finance_recipients",
+            },
+        )
         for key in ("ingest_seconds", "rollup_seconds"):
             if self.get(data, f"schedules.{key}", int, 1) <= 0:
                 raise self.fail(f"schedules.{key}", "must be a positive number of seconds")
         for key in ("monthly_report", "weekly_digest"):
             value = self.get(data, f"schedules.{key}", str, "* * * * *")
             if len(value.split()) != 5:
-                raise self.fail(f"schedules.{key}", f"must be a five-field cron expression, got {value!r}")
+                raise self.fail(
+                    f"schedules.{key}", f"must be a five-field cron expression, got {value!r}"
+                )
         defaults = Schedules()
         return Schedules(
             ingest_seconds=self.get(data, "schedules.ingest_seconds", int, defaults.ingest_seconds),
@@ -454,7 +572,20 @@ class _Reader:
         )
 
     def proxy(self, data: Any) -> ProxySettings:
-        data = self.table(data, "proxy", {"host", "port", "max_body_bytes", "max_header_bytes", "timeout_seconds", "routes", "default_route", "key_scenarios"})
+        data = self.table(
+            data,
+            "proxy",
+            {
+                "host",
+                "port",
+                "max_body_bytes",
+                "max_header_bytes",
+                "timeout_seconds",
+                "routes",
+                "default_route",
+                "key_scenarios",
+            },
+        )
         routes = []
         for i, route in enumerate(data.get("routes", [])):
             key = f"proxy.routes[{i}]"
@@ -465,13 +596,23 @@ class _Reader:
             region = self.get(route, f"{key}.region", str, "")
             if region and region not in REGIONS:
                 raise self.fail(f"{key}.region", f"unknown region {region!r}")
-            routes.append(Route(name=self.required(route, f"{key}.name"), upstream=upstream.rstrip("/"), region=region))
+            routes.append(
+                Route(
+                    name=self.required(route, f"{key}.name"),
+                    upstream=upstream.rstrip("/"),
+                    region=region,
+                )
+            )
         names = [r.name for r in routes]
         _unique(names, lambda i: self.fail(f"proxy.routes[{i}].name", "duplicate route name"))
         default_route = self.get(data, "proxy.default_route", str, names[0] if names else "")
         if default_route and default_route not in names:
             raise self.fail("proxy.default_route", f"no route named {default_route!r}")
-        key_scenarios = self.table(data.get("key_scenarios"), "proxy.key_scenarios", set(data.get("key_scenarios", {}) or {}))
+        key_scenarios = self.table(
+            data.get("key_scenarios"),
+            "proxy.key_scenarios",
+            set(data.get("key_scenarios", {}) or {}),
+        )
         if not all(isinstance(v, str) for v in key_scenarios.values()):
             raise self.fail("proxy.key_scenarios", "must map key fingerprints to scenario names")
         defaults = ProxySettings()
@@ -479,8 +620,12 @@ class _Reader:
             host=self.get(data, "proxy.host", str, defaults.host),
             port=self.get(data, "proxy.port", int, defaults.port),
             max_body_bytes=self.get(data, "proxy.max_body_bytes", int, defaults.max_body_bytes),
-            max_header_bytes=self.get(data, "proxy.max_header_bytes", int, defaults.max_header_bytes),
-            timeout_seconds=self.get(data, "proxy.timeout_seconds", float, defaults.timeout_seconds),
+            max_header_bytes=self.get(
+                data, "proxy.max_header_bytes", int, defaults.max_header_bytes
+            ),
+            timeout_seconds=self.get(
+                data, "proxy.timeout_seconds", float, defaults.timeout_seconds
+            ),
             routes=tuple(routes),
             default_route=default_route,
             key_scenarios=dict(key_scenarios),

@@ -161,5 +161,8 @@ def key_hint(api_key: str) -> str:
 
 def utc_timestamp(unix_seconds: float | None = None) -> str:
     """ISO 8601 UTC with microseconds for ``started_at`` (now when no time is given)."""
-    moment = datetime.now(UTC) if unix_seconds is None else datetime.fromtimestamp(unix_seconds, UTC)
+    if unix_seconds is None:
+        moment = datetime.now(UTC)
+    else:
+        moment = datetime.fromtimestamp(unix_seconds, UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

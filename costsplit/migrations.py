@@ -20,7 +20,10 @@ def m001_events(con: duckdb.DuckDBPyConnection) -> None:
     """Usage events as recorded: one immutable row per model call attempt."""
     columns = ",\n    ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
     con.execute(f"CREATE TABLE events (\n    {columns}\n)")
-    con.execute("CREATE TABLE ingest_log (ingested_at TIMESTAMPTZ, ingested BIGINT, duplicates BIGINT, rejected BIGINT)")
+    con.execute(
+        "CREATE TABLE ingest_log (ingested_at TIMESTAMPTZ, ingested BIGINT, duplicates BIGINT, "
+        "rejected BIGINT)"
+    )
 
 
 def m002_events_ingested_at(con: duckdb.DuckDBPyConnection) -> None:
@@ -98,7 +101,9 @@ MIGRATIONS: list[Migration] = [
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply the migrations this database lacks; return their names."""
-    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)"
+    )
     done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
     applied = []
     for migration in MIGRATIONS:
