@@ -64,8 +64,6 @@ def command(*args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], click.C
     return main.command(*args, **kwargs)
 
 
-
-
 # --- foundation: fingerprint, ingest ---------------------------------------------------------
 
 
@@ -124,6 +122,7 @@ def ingest(config_path: str | None, as_json: bool, wait: float) -> None:
             f"ingested {result.ingested}, duplicates {result.duplicates}, "
             f"rejected {result.rejected}, quarantined {result.quarantined}"
         )
+
 
 # --- simulator: simulate ----------------------------------------------------------------------
 
