@@ -175,6 +175,10 @@ def period_status(con: duckdb.DuckDBPyConnection, month: str) -> PeriodStatus:
     )
 
 
+def _event_count(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute("SELECT count(*) FROM events").fetchone()[0]
+
+
 def _newest_since(con: duckdb.DuckDBPyConnection, watermark: datetime) -> datetime | None:
     # Filtered on ingested_at, the scan skips the row groups older than the watermark.
     return con.execute(
@@ -220,14 +224,17 @@ def refresh(
     watermark = (
         None if full or "watermark" not in state else datetime.fromisoformat(state["watermark"])
     )
-    if watermark is not None and _newest_since(con, watermark) is None:
-        return RollupResult(0, False, 0, 0)  # nothing new: the common case, kept cheap
+    # Events are never deleted: the same count means nothing new (the common case, kept cheap).
+    if watermark is not None and state.get("events") == str(_event_count(con)):
+        return RollupResult(0, False, 0, 0)
 
     tz = ZoneInfo(settings.timezone)
     # One transaction is one snapshot: what it reads as newest is exactly what it rolls up.
     con.execute("BEGIN TRANSACTION")
     try:
         newest = last_ingested_at(con) if watermark is None else _newest_since(con, watermark)
+        newest = newest or watermark
+        count = _event_count(con)
         closed = dict(con.execute("SELECT month, closed_at FROM period_close").fetchall())
         open_only = f"NOT ({_closed_filter(closed, tz)})"
         plan = prepare(con, settings, book, digest)
@@ -244,7 +251,8 @@ def refresh(
         adjustments = _rebuild_adjustments(con, plan, closed, tz) if closed else 0
         for key, value in (
             ("settings_hash", digest),
-            ("watermark", (newest or datetime.min.replace(tzinfo=UTC)).isoformat()),
+            ("watermark", (newest or datetime(1970, 1, 1, tzinfo=UTC)).isoformat()),
+            ("events", str(count)),
         ):
             con.execute("INSERT OR REPLACE INTO rollup_state VALUES (?, ?)", [key, value])
         con.execute("COMMIT")
