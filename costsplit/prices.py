@@ -167,6 +167,19 @@ class PriceBook:
         return pieces
 
 
+def book_digest(
+    extra: tuple[Path, ...] | list[Path] = (), *, shipped: Path | None = SHIPPED_BOOK
+) -> str:
+    """The digest ``load_price_book`` would give, from the files' bytes alone (no parsing)."""
+    digest = hashlib.sha256()
+    for path in [Path(p) for p in (shipped, *extra) if p is not None]:
+        try:
+            digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+        except OSError as exc:
+            raise PriceBookError(f"{path}: cannot read price book: {exc.strerror}") from exc
+    return digest.hexdigest()[:16]
+
+
 def load_price_book(
     extra: tuple[Path, ...] | list[Path] = (), *, shipped: Path | None = SHIPPED_BOOK
 ) -> PriceBook:

@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from costsplit.config import Settings
-from costsplit.prices import PriceBook, load_price_book
+from costsplit.prices import PriceBook, book_digest, load_price_book
 from costsplit.pricing import PricingPlan, day_expr, prepare, priced_select, ts
 
 LATE_COMMIT_MARGIN = timedelta(minutes=5)
@@ -203,9 +203,9 @@ def exact(amount: Decimal | None) -> Decimal:
 # --- refreshing ---------------------------------------------------------------------------
 
 
-def settings_hash(settings: Settings, book: PriceBook) -> str:
+def settings_hash(settings: Settings, book_digest: str) -> str:
     """Changes whenever anything that attribution or pricing reads changes."""
-    parts = [book.digest, settings.timezone]
+    parts = [book_digest, settings.timezone]
     for w in sorted(settings.workspaces, key=lambda w: w.id):
         parts.append(
             f"{w.id}|{w.region}|{w.default_scenario}|{','.join(sorted(w.key_fingerprints))}"
@@ -217,8 +217,7 @@ def refresh(
     con: duckdb.DuckDBPyConnection, settings: Settings, *, book: PriceBook | None = None
 ) -> RollupResult:
     """Bring ``daily_spend`` up to date with the events, recomputing only what changed."""
-    book = book or load_price_book(settings.price_books)
-    digest = settings_hash(settings, book)
+    digest = settings_hash(settings, book.digest if book else book_digest(settings.price_books))
     state = dict(con.execute("SELECT key, value FROM rollup_state").fetchall())
     full = state.get("settings_hash") != digest
     watermark = (
@@ -228,6 +227,7 @@ def refresh(
     if watermark is not None and state.get("events") == str(_event_count(con)):
         return RollupResult(0, False, 0, 0)
 
+    book = book or load_price_book(settings.price_books)
     tz = ZoneInfo(settings.timezone)
     # One transaction is one snapshot: what it reads as newest is exactly what it rolls up.
     con.execute("BEGIN TRANSACTION")
