@@ -161,15 +161,20 @@ def test_a_forked_child_does_not_keep_the_parents_segment_open(tmp_path):
     spool.append(UsageEvent(event_id="parent-1"))
     segment = spool.segment
     go_read, go_write = os.pipe()
+    ready_read, ready_write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child records nothing and just lives on until told
         try:
             os.close(go_write)
+            os.write(ready_write, b"r")  # fork hooks have run by now
             os.read(go_read, 1)
         finally:
             os._exit(0)
     os.close(go_read)
+    os.close(ready_write)
     try:
+        assert os.read(ready_read, 1) == b"r"
+        os.close(ready_read)
         spool.close()
         assert not is_locked(segment)  # ingest may finish it although the child still runs
     finally:
