@@ -14,6 +14,7 @@ from costsplit import rollup, spend
 from costsplit.cli import main
 from costsplit.config import load_settings
 from costsplit.events import UsageEvent
+from costsplit.spool import Spool
 from costsplit.store import connect
 
 CONFIG = """
@@ -163,6 +164,20 @@ def test_rollup_close_and_reprice_commands(world, tmp_path):
         "closed, not re-priced: 2026-03\n"
         "dry run: nothing changed\n"
     )
+
+
+def test_spend_ingests_the_spool_first(world):
+    config, settings = world
+    with Spool(settings.spool_dir) as spool:
+        spool.append(UsageEvent(started_at="2026-03-05T03:00:00Z", scenario="fresh",
+                                key_fingerprint="sha256:00000000000000a1",
+                                model_requested="qwen-plus", input_tokens=5000))  # fmt: skip
+    out = CliRunner().invoke(
+        main,
+        ["spend", "--config", str(config), "--scenario", "fresh", "--month", "2026-03", "--json"],
+    )
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["totals"] == {"USD": str(5000 * Decimal("0.4") / 1_000_000)}
 
 
 def test_bad_period_options_are_one_line_errors(world):
