@@ -419,6 +419,7 @@ def demo(calls: int, folder: str | None) -> None:
 
     run_demo(calls=calls, folder=Path(folder) if folder else None, console=True)
 
+
 # --- proxy: proxy ----------------------------------------------------------------------------
 
 

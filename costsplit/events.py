@@ -57,6 +57,7 @@ COLUMNS: dict[str, str] = {
     "total_tokens": "BIGINT",
     "cached_tokens": "BIGINT",
     "cache_creation_tokens": "BIGINT",
+    "cache_type": "VARCHAR",
     "reasoning_tokens": "BIGINT",
     "image_tokens": "BIGINT",
     "audio_tokens": "BIGINT",
@@ -121,6 +122,7 @@ class UsageEvent:
     total_tokens: int = 0
     cached_tokens: int = 0
     cache_creation_tokens: int = 0
+    cache_type: str = ""  # "ephemeral" for an explicit-cache call, as the provider reported it
     reasoning_tokens: int = 0
     image_tokens: int = 0
     audio_tokens: int = 0

@@ -11,15 +11,55 @@ from collections.abc import Callable
 
 import duckdb
 
-from costsplit.events import COLUMNS
-
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 
 
 def m001_events(con: duckdb.DuckDBPyConnection) -> None:
-    """Usage events as recorded: one immutable row per model call attempt."""
-    columns = ",\n    ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
-    con.execute(f"CREATE TABLE events (\n    {columns}\n)")
+    """Usage events as recorded: one immutable row per model call attempt (``events.COLUMNS``)."""
+    con.execute(
+        """
+        CREATE TABLE events (
+            event_id VARCHAR,
+            schema_version SMALLINT,
+            started_at TIMESTAMPTZ,
+            latency_us BIGINT,
+            first_byte_us BIGINT,
+            recorder VARCHAR,
+            api_style VARCHAR,
+            endpoint VARCHAR,
+            host VARCHAR,
+            region VARCHAR,
+            key_fingerprint VARCHAR,
+            key_hint VARCHAR,
+            workspace_observed VARCHAR,
+            scenario VARCHAR,
+            tags MAP(VARCHAR, VARCHAR),
+            model_requested VARCHAR,
+            model_returned VARCHAR,
+            request_id VARCHAR,
+            streamed BOOLEAN,
+            batch BOOLEAN,
+            billing_plan VARCHAR,
+            outcome VARCHAR,
+            http_status SMALLINT,
+            error_code VARCHAR,
+            usage_source VARCHAR,
+            input_tokens BIGINT,
+            output_tokens BIGINT,
+            total_tokens BIGINT,
+            cached_tokens BIGINT,
+            cache_creation_tokens BIGINT,
+            cache_type VARCHAR,
+            reasoning_tokens BIGINT,
+            image_tokens BIGINT,
+            audio_tokens BIGINT,
+            video_tokens BIGINT,
+            audio_output_tokens BIGINT,
+            image_count BIGINT,
+            plugins MAP(VARCHAR, BIGINT)
+        )
+        """
+    )
     con.execute(
         "CREATE TABLE ingest_log (ingested_at TIMESTAMPTZ, ingested BIGINT, duplicates BIGINT, "
         "rejected BIGINT)"

@@ -10,10 +10,10 @@ sum equals the per-call sum to the last digit, and the 10M-row pass is a plain i
 GROUP BY.
 
 Billing rules (reference §7.1), with the rates from ``costsplit.prices.rates``:
-  * explicit-cache call (``cache_creation_tokens > 0`` or ``tags['cache_type'] =
-    'ephemeral'``): uncached input at the input price, cached tokens at ``explicit_read``,
-    creation tokens at ``explicit_write``; otherwise cached tokens are implicit hits
-    (``implicit_read``);
+  * explicit-cache call (``cache_creation_tokens > 0`` or ``cache_type = 'ephemeral'``, as
+    the provider reported it): uncached input at the input price, cached tokens at
+    ``explicit_read``, creation tokens at ``explicit_write``; otherwise cached tokens are
+    implicit hits (``implicit_read``);
   * output at the thinking price only when ``reasoning_tokens > 0``;
   * batch: ``batch_ratio`` of plain input and output, no cache discount;
   * omni rows: per-modality input; output text at the text-only or multimodal-input price, or
@@ -219,8 +219,8 @@ def priced_select(
                -- the billing case, one bit each (one group key is cheaper than six)
                batch::INTEGER + 2 * (billing_plan = 'plan')::INTEGER
                + 4 * (reasoning_tokens > 0)::INTEGER
-               + 8 * (cache_creation_tokens > 0 OR (CASE WHEN cardinality(tags) = 0 THEN false
-                      ELSE coalesce(tags['cache_type'] = 'ephemeral', false) END))::INTEGER
+               + 8 * (cache_creation_tokens > 0
+                      OR coalesce(cache_type = 'ephemeral', false))::INTEGER
                + 16 * (audio_tokens + image_tokens + video_tokens > 0)::INTEGER
                + 32 * (audio_output_tokens > 0)::INTEGER AS case_bits,
                count(*) AS calls, count(*) FILTER (outcome = 'ok') AS ok_calls,

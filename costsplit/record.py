@@ -603,6 +603,7 @@ class Exchange:
         event.total_tokens = usage.total_tokens
         event.cached_tokens = usage.cached_tokens
         event.cache_creation_tokens = usage.cache_creation_tokens
+        event.cache_type = usage.cache_type
         event.reasoning_tokens = usage.reasoning_tokens
         event.image_tokens = usage.image_tokens
         event.audio_tokens = usage.audio_tokens

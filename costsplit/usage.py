@@ -59,6 +59,7 @@ class Usage:
     total_tokens: int = 0
     cached_tokens: int = 0
     cache_creation_tokens: int = 0
+    cache_type: str = ""
     reasoning_tokens: int = 0
     image_tokens: int = 0
     audio_tokens: int = 0
@@ -165,6 +166,7 @@ def normalise_usage(raw: Any, endpoint: str = "chat") -> Usage | None:
         or 0,
         image_count=image_count or 0,
         plugins=plugins,
+        cache_type=_text(prompt.get("cache_type")) or _text(input_details.get("cache_type")),
     )
     return usage.consistent()
 

@@ -68,6 +68,7 @@ def test_the_defaults_are_an_unanswered_call_of_the_current_schema():
             ],
             0,
         ),
+        "cache_type": "",
         "plugins": {},
     }
 

@@ -84,10 +84,10 @@ def test_explicit_cache_creation_at_125_percent(tmp_path):
     assert cost_of(tmp_path, call(input_tokens=2000, cache_creation_tokens=1500)) == expected
 
 
-def test_explicit_cache_hit_at_10_percent_when_tagged_ephemeral(tmp_path):
+def test_explicit_cache_hit_at_10_percent_when_reported_ephemeral(tmp_path):
     expected = (500 * Decimal("0.4") + 1500 * Decimal("0.4") * Decimal("0.1")) / M
     assert expected == Decimal("0.00026")
-    hit = call(input_tokens=2000, cached_tokens=1500, tags={"cache_type": "ephemeral"})
+    hit = call(input_tokens=2000, cached_tokens=1500, cache_type="ephemeral")
     assert cost_of(tmp_path, hit) == expected
 
 

@@ -106,6 +106,27 @@ def test_plugins_image_count_audio_and_cache_creation():
     assert normalise_usage({"image_count": 1, "width": 1664, "height": 928}) == Usage(image_count=1)
 
 
+def test_explicit_cache_hit_keeps_the_reported_cache_type():
+    # An explicit-cache hit has no creation tokens: only cache_type tells it from an implicit
+    # hit, and the two are priced differently (10% against 20% of input).
+    compatible = {
+        "prompt_tokens": 3000,
+        "completion_tokens": 20,
+        "prompt_tokens_details": {"cached_tokens": 2048, "cache_type": "ephemeral"},
+    }
+    native = {
+        "input_tokens": 3000,
+        "output_tokens": 20,
+        "input_tokens_details": {"cached_tokens": 2048, "cache_type": "ephemeral"},
+    }
+    expected = Usage(
+        input_tokens=3000, output_tokens=20, total_tokens=3020, cached_tokens=2048,
+        cache_type="ephemeral",
+    )  # fmt: skip
+    assert normalise_usage(compatible) == expected
+    assert normalise_usage(native) == expected
+
+
 def test_no_usage_and_junk():
     assert normalise_usage(None) is None
     assert normalise_usage({"foo": 1}) is None
@@ -229,6 +250,7 @@ def consistent(usage: Usage | None) -> bool:
         return True
     values = dataclasses.asdict(usage)
     plugins = values.pop("plugins")
+    assert type(values.pop("cache_type")) is str
     return (
         all(type(v) is int and v >= 0 for v in values.values())
         and all(type(v) is int and v >= 0 for v in plugins.values())
