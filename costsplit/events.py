@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
+import random
 import time
-from datetime import UTC, datetime
 
 import orjson
 
@@ -136,15 +137,34 @@ class UsageEvent:
         return orjson.dumps(self, option=orjson.OPT_APPEND_NEWLINE)
 
 
+# The random part of event ids comes from a per-process generator seeded from the OS: one
+# ``os.urandom`` call per event cost more than the rest of building the event. A forked child
+# re-seeds (``os.register_at_fork``), so parent and child never draw the same sequence.
+_id_random = random.Random(os.urandom(32))
+
+
+def _reseed_ids() -> None:
+    _id_random.seed(os.urandom(32))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_ids)
+
+
 def new_event_id() -> str:
-    """A UUIDv7 string: unique, and ordered by creation time (RFC 9562 §5.7)."""
-    unix_ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (unix_ms & 0xFFFF_FFFF_FFFF) << 80
-    value |= 0x7 << 76  # version 7
-    value |= ((rand >> 64) & 0x0FFF) << 64  # rand_a, 12 bits
-    value |= 0b10 << 62  # variant
-    value |= rand & 0x3FFF_FFFF_FFFF_FFFF  # rand_b, 62 bits
+    """A UUIDv7 string: unique, and ordered by creation time (RFC 9562 §5.7).
+
+    48 bits of Unix milliseconds, then 74 random bits (12 ``rand_a`` + 62 ``rand_b``) from a
+    per-process generator seeded from ``os.urandom`` and re-seeded in a forked child.
+    """
+    rand = _id_random.getrandbits(74)
+    value = (
+        (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76  # version 7
+        | (rand >> 62) << 64  # rand_a, 12 bits
+        | 0b10 << 62  # variant
+        | (rand & 0x3FFF_FFFF_FFFF_FFFF)  # rand_b, 62 bits
+    )
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -161,10 +181,29 @@ def key_hint(api_key: str) -> str:
     return f"…{key[-4:]}" if len(key) >= 8 else ""
 
 
+# (whole second, "YYYY-MM-DDTHH:MM:SS") of the last timestamp formatted: events come many to a
+# second, and formatting the date part was most of the cost.
+_last_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def utc_timestamp(unix_seconds: float | None = None) -> str:
-    """ISO 8601 UTC with microseconds for ``started_at`` (now when no time is given)."""
+    """ISO 8601 UTC with microseconds for ``started_at`` (now when no time is given).
+
+    The same text ``datetime.fromtimestamp(unix_seconds, UTC)`` formats (microseconds rounded
+    half to even), in about a third of its time.
+    """
+    global _last_second
     if unix_seconds is None:
-        moment = datetime.now(UTC)
+        second, micros = divmod(time.time_ns() // 1000, 1_000_000)
     else:
-        moment = datetime.fromtimestamp(unix_seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        fraction, whole = math.modf(unix_seconds)  # as datetime.fromtimestamp splits it
+        second, micros = int(whole), round(fraction * 1e6)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        elif micros < 0:
+            second, micros = second - 1, micros + 1_000_000
+    cached_second, text = _last_second
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _last_second = (second, text)
+    return f"{text}.{micros:06d}Z"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from datetime import UTC, datetime
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from costsplit.events import (
     COLUMNS,
@@ -94,3 +98,31 @@ def test_keys_are_kept_as_a_fingerprint_and_a_hint_only():
 def test_utc_timestamp_has_microseconds_and_z():
     assert utc_timestamp(0) == "1970-01-01T00:00:00.000000Z"
     assert utc_timestamp(1_790_000_000.25) == "2026-09-21T14:13:20.250000Z"
+
+
+@given(st.floats(min_value=-1e10, max_value=2e11, allow_nan=False))
+def test_utc_timestamp_formats_like_datetime(unix_seconds):
+    expected = datetime.fromtimestamp(unix_seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert utc_timestamp(unix_seconds) == expected
+
+
+def test_utc_timestamp_now_is_the_current_time():
+    before = time.time()
+    stamp = datetime.strptime(utc_timestamp(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert before - 0.001 <= stamp.timestamp() <= time.time() + 0.001
+
+
+def test_a_forked_child_draws_other_event_ids_than_its_parent():
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its next ids and leave at once
+        os.write(write_end, " ".join(new_event_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as pipe:
+        child = pipe.read().decode().split()
+    parent = [new_event_id() for _ in range(50)]
+    assert len(child) == 50
+    # The time prefix may be shared; the 74 random bits must not be.
+    assert not {i[14:] for i in child} & {i[14:] for i in parent}
