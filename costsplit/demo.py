@@ -1,11 +1,13 @@
 """``costsplit demo``: the whole product on a simulated month, offline, in its own folder.
 
 It writes its own settings and home under the demo folder (``~/.costsplit/demo`` by default,
-never a user's data), starts two local Model Studio simulators (Singapore and Beijing), sends
-the month of calls planned by ``costsplit.demo_traffic`` through the real recording transport
-over loopback — many threads, each call stamped with its simulated time through the
-recorder's injectable clock (``Recorder(clock=...)``) — then ingests the spool, rolls up and
-renders the monthly report (HTML, CSV, email file) for the previous calendar month.
+never a user's data), starts two local Model Studio simulators (Singapore and Beijing, in a
+child process), sends the month of calls planned by ``costsplit.demo_traffic`` through the real
+recording transport over loopback — many threads, each call stamped with its simulated time
+through the recorder's injectable clock (``Recorder(clock=...)``) — then ingests the spool,
+rolls up and renders the monthly report (HTML, CSV, email file) for the previous calendar month.
+Everything it runs gets the settings it wrote, explicitly: a ``config/costsplit.toml`` in the
+working directory or ``COSTSPLIT_CONFIG`` is never read.
 
 ``run_demo(calls=600, folder=tmp)`` is the same thing small, for tests.
 """
@@ -15,8 +17,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import json
 import logging
+import select
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +30,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import orjson
 
 from costsplit.config import Settings, load_settings
 from costsplit.demo_traffic import SCENARIOS, WORKSPACES, Call, plan_calls
-from costsplit.errors import ModelNotGranted
+from costsplit.errors import CostsplitError, ModelNotGranted
 from costsplit.events import fingerprint_key
 
 THREADS = 24
@@ -153,7 +158,6 @@ def _fresh(folder: Path) -> None:
 def _drive(settings: Settings, plan: list[Call], threads: int, advance) -> int:
     """Send every call through the recording transport; return how many were denied locally."""
     from costsplit.record import Recorder
-    from costsplit.simulator import SimulatorConfig, run_in_thread
     from costsplit.transport import RecordingTransport
 
     def clock() -> float:
@@ -167,11 +171,7 @@ def _drive(settings: Settings, plan: list[Call], threads: int, advance) -> int:
     lock = threading.Lock()
     local = threading.local()
     every_client: list[httpx.Client] = []
-    sg_config = SimulatorConfig.default("ap-southeast-1", rpm_limits={"qwen3-vl-plus": 40})
-    with run_in_thread(sg_config) as sg, run_in_thread(SimulatorConfig.default("cn-beijing")) as cn:
-        base = {"ap-southeast-1": sg.base_url, "cn-beijing": cn.base_url}
-        # The simulators log each deliberately broken stream; the demo counts them instead.
-        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+    with simulators() as base:
 
         def client(region: str) -> httpx.Client:
             clients = getattr(local, "clients", None)
@@ -198,7 +198,7 @@ def _drive(settings: Settings, plan: list[Call], threads: int, advance) -> int:
             _SIMULATED_TIME.set(call.at)
             try:
                 with client(call.region).stream(
-                    "POST", call.path, content=orjson.dumps(call.body), headers=headers
+                    "POST", call.path, content=call.payload(), headers=headers
                 ) as response:
                     for _ in response.iter_raw():
                         pass
@@ -220,6 +220,46 @@ def _drive(settings: Settings, plan: list[Call], threads: int, advance) -> int:
 
     open_spool(settings).flush()
     return denied
+
+
+@contextlib.contextmanager
+def simulators(timeout: float = 60.0):
+    """Both simulators (Singapore, Beijing) in a child process: {region: base URL}.
+
+    A process of their own gives them the second core: in the demo's process the recording
+    clients and the servers would share one interpreter lock. The child prints its URLs as one
+    JSON line and serves until its standard input closes (so it also ends with the demo).
+    """
+    code = "from costsplit.demo import serve_simulators; serve_simulators()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        ready = select.select([child.stdout], [], [], timeout)[0]
+        line = child.stdout.readline() if ready else b""
+        if not line:
+            raise CostsplitError("the demo's simulators did not start")
+        yield json.loads(line)
+    finally:
+        child.stdin.close()
+        try:
+            child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+
+
+def serve_simulators() -> None:
+    """The child of ``simulators()``: serve until standard input closes."""
+    from costsplit.simulator import SimulatorConfig, run_in_thread
+
+    sg_config = SimulatorConfig.default("ap-southeast-1", rpm_limits={"qwen3-vl-plus": 40})
+    with run_in_thread(sg_config) as sg, run_in_thread(SimulatorConfig.default("cn-beijing")) as cn:
+        # The simulators log each deliberately broken stream; the demo counts them instead.
+        logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+        print(json.dumps({sg.region: sg.base_url, cn.region: cn.base_url}), flush=True)
+        sys.stdin.read()
 
 
 @contextlib.contextmanager
