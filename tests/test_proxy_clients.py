@@ -166,6 +166,7 @@ def test_dashscope_sdk_generation_call_and_stream(simulator, costsplit_home, mon
 
 def test_dashscope_sdk_async_call_and_stream(simulator, costsplit_home, monkeypatch):
     import dashscope
+    from dashscope.api_entities.aio_session import close_shared_aio_session
 
     async def calls(base: str) -> str:
         monkeypatch.setattr(dashscope, "base_http_api_url", f"{base}/api/v1")
@@ -176,9 +177,16 @@ def test_dashscope_sdk_async_call_and_stream(simulator, costsplit_home, monkeypa
             result_format="message",
             headers={"X-Costsplit-Scenario": "dashscope-async"},
         )
-        answer = await dashscope.AioGeneration.call(**common)
-        stream = await dashscope.AioGeneration.call(**common, stream=True, incremental_output=True)
-        parts = [_dashscope_dump(part) async for part in stream]
+        try:
+            answer = await dashscope.AioGeneration.call(**common)
+            stream = await dashscope.AioGeneration.call(
+                **common, stream=True, incremental_output=True
+            )
+            parts = [_dashscope_dump(part) async for part in stream]
+        finally:
+            # The SDK keeps one aiohttp session per event loop and leaves closing it to the
+            # application; without this, asyncio.run ends with "Unclosed client session".
+            await close_shared_aio_session()
         return "\n".join([_dashscope_dump(answer), *parts])
 
     direct, proxied, recorded = direct_and_proxied(
