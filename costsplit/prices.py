@@ -496,7 +496,8 @@ def rates(row: PriceRow, tier: Tier) -> dict[str, Decimal]:
     """Every rate of ``tier`` per 1M tokens after ratios: the numbers SQL multiplies tokens by.
 
     A cache ratio the row does not give is 1 (no discount: costsplit never invents one). Batch
-    calls pay ``batch_ratio`` of the plain input and output prices, with no cache discount.
+    calls pay ``batch_ratio`` of the whole real-time price with no cache discount: the plain
+    input and output prices, the per-modality prices and the per-image price (``batch_*``).
     Embeddings bill input only.
     """
     input_, output, thinking = tier.input, tier.output, tier.output_thinking
@@ -525,6 +526,8 @@ def rates(row: PriceRow, tier: Tier) -> dict[str, Decimal]:
         "out_audio",
     ):
         out[name] = (row.modalities or {}).get(name, Decimal(0))
+        out[f"batch_{name}"] = out[name] * row.batch_ratio
+    out["batch_image_rate"] = out["image_rate"] * row.batch_ratio
     return out
 
 

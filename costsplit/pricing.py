@@ -15,7 +15,8 @@ Billing rules (reference §7.1), with the rates from ``costsplit.prices.rates``:
     ``explicit_read``, creation tokens at ``explicit_write``; otherwise cached tokens are
     implicit hits (``implicit_read``);
   * output at the thinking price only when ``reasoning_tokens > 0``;
-  * batch: ``batch_ratio`` of plain input and output, no cache discount;
+  * batch: ``batch_ratio`` of the whole real-time price (plain input and output, or the
+    per-modality prices, and the per-image price), no cache discount;
   * omni rows: per-modality input; output text at the text-only or multimodal-input price, or
     only the audio output when audio was produced;
   * ``image_count × per_image`` added where the row has a per-image price;
@@ -41,6 +42,9 @@ RATE_NAMES = (
     "in_rate", "implicit_rate", "ew_rate", "er_rate", "out_rate", "think_rate", "batch_in",
     "batch_out", "batch_think", "image_rate", "in_text", "in_audio", "in_image", "in_video",
     "out_text_when_input_text_only", "out_text_when_input_multimodal", "out_audio",
+    "batch_in_text", "batch_in_audio", "batch_in_image", "batch_in_video",
+    "batch_out_text_when_input_text_only", "batch_out_text_when_input_multimodal",
+    "batch_out_audio", "batch_image_rate",
 )  # fmt: skip
 _NO_END = 2**62
 
@@ -211,6 +215,18 @@ def priced_select(
         else "1"
     )
     output = "a.output_tokens * (CASE WHEN a.thinking THEN p.{think} ELSE p.{plain} END)"
+
+    def omni(rate: str) -> str:  # per-modality prices, ``rate`` prefixed for batch
+        return f"""
+                (a.input_tokens - a.audio_tokens - a.image_tokens - a.video_tokens)
+                * p.{rate}in_text + a.audio_tokens * p.{rate}in_audio
+                + a.image_tokens * p.{rate}in_image + a.video_tokens * p.{rate}in_video
+                + CASE
+                  WHEN a.audio_out THEN a.audio_output_tokens * p.{rate}out_audio
+                  WHEN a.multimodal THEN a.output_tokens * p.{rate}out_text_when_input_multimodal
+                  ELSE a.output_tokens * p.{rate}out_text_when_input_text_only
+                  END"""
+
     return f"""
     WITH g AS (
         SELECT {day} AS day, key_fingerprint, workspace_observed, scenario, region,
@@ -258,25 +274,21 @@ def priced_select(
         WHEN a.plan THEN CAST(0 AS DECIMAL(38, 16))
         ELSE CAST((
             CASE
+            WHEN a.batch AND p.omni THEN {omni("batch_")} + a.image_count * p.batch_image_rate
             WHEN a.batch THEN a.input_tokens * p.batch_in
                 + {output.format(think="batch_think", plain="batch_out")}
-            WHEN p.omni THEN
-                (a.input_tokens - a.audio_tokens - a.image_tokens - a.video_tokens) * p.in_text
-                + a.audio_tokens * p.in_audio + a.image_tokens * p.in_image
-                + a.video_tokens * p.in_video
-                + CASE
-                  WHEN a.audio_out THEN a.audio_output_tokens * p.out_audio
-                  WHEN a.multimodal THEN a.output_tokens * p.out_text_when_input_multimodal
-                  ELSE a.output_tokens * p.out_text_when_input_text_only
-                  END
+                + a.image_count * p.batch_image_rate
+            WHEN p.omni THEN {omni("")} + a.image_count * p.image_rate
             WHEN a.explicit THEN
                 (a.input_tokens - a.cached_tokens - a.cache_creation_tokens) * p.in_rate
                 + a.cached_tokens * p.er_rate + a.cache_creation_tokens * p.ew_rate
                 + {output.format(think="think_rate", plain="out_rate")}
+                + a.image_count * p.image_rate
             ELSE
                 (a.input_tokens - a.cached_tokens) * p.in_rate + a.cached_tokens * p.implicit_rate
                 + {output.format(think="think_rate", plain="out_rate")}
-            END + a.image_count * p.image_rate
+                + a.image_count * p.image_rate
+            END
         ) * {multiplier} AS DECIMAL(38, 16))
         END AS cost_micro
         FROM b AS a LEFT JOIN _cs_prices p
