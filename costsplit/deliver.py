@@ -8,8 +8,10 @@ skipped, so a restarted scheduler never sends twice; a failed send is retried wi
 reported, and tried again on the next run, never dropped.
 
 SMTP is the standard library's: ``none``, ``starttls`` or ``tls`` (implicit TLS) per
-``settings.smtp.security``; the user name and password come from the environment variables
-named in ``settings.smtp`` (never from the file).
+``settings.smtp.security``, the server's certificate checked against the system CAs (or the
+file named by ``SSL_CERT_FILE``, OpenSSL's variable, for a private CA); the user name and
+password come from the environment variables named in ``settings.smtp`` (never from the file)
+and are neither logged nor kept in the ledger.
 
 The database is opened only around ledger reads and writes, not while talking to the server,
 so ingest is never held up by a slow mail server.

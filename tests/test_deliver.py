@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
 from reportworld import build_world
 
 from costsplit.config import load_settings
-from costsplit.deliver import ledger
+from costsplit.deliver import deliver, ledger
 from costsplit.jobs import send_budget_alerts, send_monthly
 from costsplit.render import message_id
 
@@ -186,8 +189,6 @@ def test_credentials_come_from_the_environment(tmp_path, smtp):
     settings = load_settings(config)
     results = send_monthly(settings, "2026-10", now=NOW, environ={}, sleep=lambda s: None)
     assert results == []  # no recipients configured: nothing to send, nothing failed
-    from costsplit.deliver import deliver
-
     failed = deliver(
         settings,
         report="t",
@@ -209,3 +210,136 @@ def _plain(recipient: str) -> email.message.EmailMessage:
     message["Message-ID"] = "<x@example.com>"
     message.set_content("hello")
     return message
+
+
+# --- TLS: a test CA (trustme) signs the server's certificate; the client trusts it through
+# SSL_CERT_FILE, as an operator would point costsplit at a private CA. ---
+
+SECRET = "pa55-w0rd-not-in-any-log"
+
+
+class Logins:
+    """An aiosmtpd authenticator accepting one user name and password, keeping every try."""
+
+    def __init__(self):
+        self.tries = []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult
+
+        login, password = auth_data.login.decode(), auth_data.password.decode()
+        over_tls = server.transport.get_extra_info("ssl_object") is not None
+        self.tries.append((mechanism, login, over_tls))
+        # handled=False: aiosmtpd answers 535 itself (its default, True, answers nothing).
+        return AuthResult(success=(login, password) == ("costsplit-bot", SECRET), handled=False)
+
+
+@pytest.fixture
+def test_ca(tmp_path, monkeypatch):
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    trusted = tmp_path / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(trusted))
+    return server, trusted, monkeypatch
+
+
+def tls_settings(tmp_path, security: str, port: int):
+    config = tmp_path / f"{security}.toml"
+    config.write_text(
+        f'[storage]\nhome = "{tmp_path}"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {port}\nsecurity = "{security}"\n'
+        'sender = "costsplit@example.com"\ntimeout_seconds = 5\n'
+        'username_env = "COSTSPLIT_TEST_SMTP_USER"\npassword_env = "COSTSPLIT_TEST_SMTP_PASSWORD"\n'
+    )
+    return load_settings(config, environ={}, cwd=tmp_path)
+
+
+CREDENTIALS = {"COSTSPLIT_TEST_SMTP_USER": "costsplit-bot", "COSTSPLIT_TEST_SMTP_PASSWORD": SECRET}
+
+
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_starttls_and_tls_with_credentials_from_the_environment(
+    tmp_path, test_ca, security, caplog, capfd
+):
+    server_context, trusted, monkeypatch = test_ca
+    monkeypatch.setenv("SSL_CERT_FILE", str(trusted))
+    caplog.set_level(logging.DEBUG)
+    inbox, logins = Inbox(), Logins()
+    if security == "starttls":  # the server refuses AUTH and mail before STARTTLS
+        tls = {"tls_context": server_context, "require_starttls": True, "auth_require_tls": True}
+    else:  # implicit TLS (aiosmtpd's auth_require_tls only knows STARTTLS)
+        tls = {"ssl_context": server_context, "auth_require_tls": False}
+    controller = Controller(
+        inbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        authenticator=logins,
+        auth_exclude_mechanism=["LOGIN"],  # PLAIN only: a wrong password is one 535
+        **tls,
+    )
+    controller.start()
+    try:
+        settings = tls_settings(tmp_path, security, controller.port)
+        sent = deliver(
+            settings,
+            report="t",
+            period="2026-10",
+            recipients=["a@example.com"],
+            message_for=_plain,
+            environ=CREDENTIALS,
+            sleep=lambda s: None,
+            delays=(),
+        )
+        wrong = deliver(
+            settings,
+            report="t",
+            period="2026-10",
+            recipients=["b@example.com"],
+            message_for=_plain,
+            environ={**CREDENTIALS, "COSTSPLIT_TEST_SMTP_PASSWORD": SECRET + "-wrong"},
+            sleep=lambda s: None,
+            delays=(),
+        )
+    finally:
+        controller.stop()
+    assert [(d.recipient, d.status, d.error) for d in sent] == [("a@example.com", "sent", "")]
+    assert [(rcpt, m["Message-ID"]) for rcpt, m in inbox.messages] == [
+        (("a@example.com",), "<x@example.com>")
+    ]
+    # Logged in over TLS, with the user name from the environment variable the settings name.
+    assert logins.tries == [("PLAIN", "costsplit-bot", True), ("PLAIN", "costsplit-bot", True)]
+    assert wrong[0].status == "failed"
+    assert wrong[0].error.startswith(
+        f"SMTP 127.0.0.1:{controller.port}: cannot send to b@example.com: (535"
+    )
+    # The password is in no log record, no output, no result and no ledger row.
+    out, err = capfd.readouterr()
+    seen = [caplog.text, out, err, repr(sent), repr(wrong), repr(ledger(settings))]
+    assert not [text for text in seen if SECRET in text]
+
+
+def test_a_certificate_from_an_unknown_ca_is_refused(tmp_path, test_ca):
+    server_context, _, monkeypatch = test_ca  # SSL_CERT_FILE not set: the system CAs only
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    controller = Controller(
+        Inbox(), hostname="127.0.0.1", port=free_port(), tls_context=server_context
+    )
+    controller.start()
+    try:
+        settings = tls_settings(tmp_path, "starttls", controller.port)
+        failed = deliver(
+            settings,
+            report="t",
+            period="2026-10",
+            recipients=["a@example.com"],
+            message_for=_plain,
+            environ=CREDENTIALS,
+            sleep=lambda s: None,
+            delays=(),
+        )
+    finally:
+        controller.stop()
+    assert failed[0].status == "failed"
+    assert "CERTIFICATE_VERIFY_FAILED" in failed[0].error
+    assert [row[3] for row in ledger(settings)] == ["failed"]
