@@ -1,9 +1,10 @@
 """The weekly scenario digest and budget use, as plain data.
 
 ``weekly_digest(con, settings, week)`` compares an ISO week (Monday to Sunday in the reporting
-timezone) with the week before, per scenario, with its top models; where a scenario has a
-``monthly_budget`` it shows the month-to-date spend, the share of the budget used and a
-month-end projection (month-to-date spend per elapsed day × days in the month).
+timezone) with the week before, per scenario, with its top models (``scenarios=`` narrows it
+to some (workspace, scenario) pairs: the digest an owner gets of their own scenarios); where a
+scenario has a ``monthly_budget`` it shows the month-to-date spend, the share of the budget
+used and a month-end projection (month-to-date spend per elapsed day × days in the month).
 ``budget_uses(con, settings, today)`` is the same budget arithmetic for the scheduler's alerts.
 
 Displayed amounts follow ``costsplit.money``: each currency's weekly total is rounded once and
@@ -15,6 +16,7 @@ from __future__ import annotations
 import calendar
 import dataclasses
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -75,11 +77,13 @@ class Digest:
     last_ingested: str
     totals: tuple[tuple[str, Decimal, Decimal], ...]  # (currency, this week shown, last week shown)
     lines: tuple[DigestLine, ...]
+    scope: tuple[str, ...] = ()  # scenario names when narrowed to some scenarios
 
     @property
     def title(self) -> str:
         last = self.end - timedelta(days=1)
-        return f"Scenario digest — {self.week} ({self.start:%d %b} – {last:%d %b %Y})"
+        scope = f" — {', '.join(self.scope)}" if self.scope else ""
+        return f"Scenario digest{scope} — {self.week} ({self.start:%d %b} – {last:%d %b %Y})"
 
 
 def week_bounds(week: str) -> tuple[date, date]:
@@ -99,13 +103,25 @@ def last_week(now: datetime, timezone: str) -> str:
     return f"{year}-W{number:02d}"
 
 
-def weekly_digest(con, settings: Settings, week: str, *, now: datetime | None = None) -> Digest:
-    """The digest for ISO ``week``: this week against last, top models, budget use."""
+def weekly_digest(
+    con,
+    settings: Settings,
+    week: str,
+    *,
+    now: datetime | None = None,
+    scenarios: Collection[tuple[str, str]] | None = None,
+) -> Digest:
+    """The digest for ISO ``week``: this week against last, top models, budget use; only the
+    (workspace id, scenario) pairs in ``scenarios`` when given."""
     from costsplit import rollup
 
     start, end = week_bounds(week)
     rows = rollup.spend_rows(con, settings, start, end)
     previous = rollup.spend_rows(con, settings, start - timedelta(days=7), start)
+    if scenarios is not None:
+        wanted = set(scenarios)
+        rows = [r for r in rows if (r.workspace_id, r.scenario or UNASSIGNED) in wanted]
+        previous = [r for r in previous if (r.workspace_id, r.scenario or UNASSIGNED) in wanted]
     as_of = end - timedelta(days=1)
     budgets = {(b.workspace_id, b.scenario): b for b in budget_uses(con, settings, as_of)}
     tz = ZoneInfo(settings.timezone)
@@ -175,6 +191,7 @@ def weekly_digest(con, settings: Settings, week: str, *, now: datetime | None = 
         else "never",
         totals=tuple(totals),
         lines=tuple(lines),
+        scope=tuple(sorted({name for _, name in scenarios})) if scenarios is not None else (),
     )
 
 

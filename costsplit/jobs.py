@@ -3,10 +3,10 @@
 ``write_monthly`` / ``write_digest`` build a report once and write it in the asked formats to a
 folder (``settings.reports_out / <period>/`` by default) so finance can pull files.
 ``send_monthly`` writes the files and mails the report to the finance recipients (with the CSV
-attached) and each workspace statement to that workspace's owners; ``send_digest`` mails the
-weekly digest to the scenario owners; ``send_budget_alerts`` mails a scenario's owners once per
-threshold (80 %, 100 %, actual or projected) per month. All sending goes through
-``deliver.deliver`` and its sent-ledger.
+attached) and each workspace statement to that workspace's owners; ``send_digest`` mails
+each scenario owner the weekly digest of their own scenarios; ``send_budget_alerts`` mails a
+scenario's owners once per threshold (80 %, 100 %, actual or projected) per month. All sending
+goes through ``deliver.deliver`` and its sent-ledger.
 """
 
 from __future__ import annotations
@@ -178,18 +178,27 @@ def send_digest(
     environ: Mapping[str, str] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Delivery]:
-    """Mail the weekly scenario digest to every scenario owner."""
+    """Mail each scenario owner the weekly digest of the scenarios they own."""
     from costsplit.digest import weekly_digest
 
+    owned: dict[str, set[tuple[str, str]]] = {}
+    for scenario in settings.scenarios:
+        for owner in scenario.owners:
+            owned.setdefault(owner, set()).add((scenario.workspace, scenario.name))
+    if not owned:
+        return []
     with connect(settings.database) as con:
-        digest = weekly_digest(con, settings, week, now=now)
+        digests = {
+            owner: weekly_digest(con, settings, week, now=now, scenarios=pairs)
+            for owner, pairs in owned.items()
+        }
     return deliver(
         settings,
         report="digest",
         period=week,
-        recipients=_scenario_owners(settings),
+        recipients=list(owned),
         message_for=lambda r: email_message(
-            settings, digest, report_name="digest", period=week, recipient=r, when=now
+            settings, digests[r], report_name="digest", period=week, recipient=r, when=now
         ),
         environ=environ,
         sleep=sleep,

@@ -20,7 +20,7 @@ from reportworld import build_world
 
 from costsplit.config import load_settings
 from costsplit.deliver import deliver, ledger
-from costsplit.jobs import send_budget_alerts, send_monthly
+from costsplit.jobs import send_budget_alerts, send_digest, send_monthly
 from costsplit.render import message_id
 
 NOW = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
@@ -343,3 +343,46 @@ def test_a_certificate_from_an_unknown_ca_is_refused(tmp_path, test_ca):
     assert failed[0].status == "failed"
     assert "CERTIFICATE_VERIFY_FAILED" in failed[0].error
     assert [row[3] for row in ledger(settings)] == ["failed"]
+
+
+def test_each_scenario_owner_gets_a_digest_of_their_own_scenarios(tmp_path, smtp):
+    port, inbox = smtp
+    settings = build_world(tmp_path, smtp_port=port)
+    now = datetime(2026, 10, 26, 1, 0, tzinfo=UTC)  # Monday 09:00 in Shanghai
+    results = send_digest(settings, "2026-W43", now=now)
+    assert [(d.report, d.period, d.recipient, d.status) for d in results] == [
+        ("digest", "2026-W43", "bot-owner@example.com", "sent"),
+        ("digest", "2026-W43", "research-lead@example.com", "sent"),
+    ]
+    mail = by_recipient(inbox)
+    week = "2026-W43 (19 Oct – 25 Oct 2026)"
+    assert {r: m["Subject"] for r, m in mail.items()} == {
+        "bot-owner@example.com": f"Scenario digest — chatbot — {week}",
+        "research-lead@example.com": f"Scenario digest — summaries — {week}",
+    }
+    # Each sees only their own scenario (the ingest time is the wall clock's: left out).
+    texts = {r: _text_part(m).splitlines()[3:] for r, m in mail.items()}
+    assert texts == {
+        "bot-owner@example.com": [
+            "",
+            "This week USD 0.12 (last week 0.11, +0.01)",
+            "",
+            "chatbot (Customer support): USD 0.12, last week 0.11 (+0.01), 20 calls",
+            "    top models: qwen-plus 0.12, qwen3-max 0.00",
+            "    budget: USD 0.39 of 100.00 used (0.4%), projected 0.48 (0.5%) at month end",
+        ],
+        "research-lead@example.com": [
+            "",
+            "This week USD 0.27 (last week 0.26, +0.01)",
+            "",
+            "summaries (Research): USD 0.27, last week 0.26 (+0.01), 8 calls",
+            "    top models: qwen3-max 0.27, qwen9-imaginary 0.00",
+        ],
+    }
+    assert send_digest(settings, "2026-W43", now=now)[0].status == "already-sent"
+    assert len(inbox.messages) == 2
+
+
+def _text_part(message) -> str:
+    part = next(p for p in message.walk() if p.get_content_type() == "text/plain")
+    return part.get_content().replace("\r\n", "\n")
