@@ -130,12 +130,48 @@ def m005_deliveries(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m006_close_coverage(con: duckdb.DuckDBPyConnection) -> None:
+    """Which events each close froze, by ingest batch, so a late commit is never lost.
+
+    One row per (closing month, month of the events, ``ingested_at`` of their batch): the
+    month's own events in its snapshot, and earlier closed months' late events in the
+    adjustment rows frozen with it. Events of a closed month in no row are carried as
+    adjustments. Closes made before this migration are filled in by the rule they used then
+    (events ingested up to each close's ``closed_at``).
+    """
+    con.execute(
+        "CREATE TABLE close_coverage (closed_month VARCHAR NOT NULL, event_month VARCHAR NOT NULL, "
+        "ingested_at TIMESTAMPTZ NOT NULL, events BIGINT NOT NULL)"
+    )
+    closed = dict(con.execute("SELECT month, closed_at FROM period_close").fetchall())
+    zone = "Asia/Shanghai"  # the default reporting zone: the database does not record one
+    for month in sorted(closed):
+        # Old rule: frozen by the first close in the run of closed months from ``month`` whose
+        # cumulative cutoff reached the batch.
+        booked, cutoff = month, closed[month]
+        while booked in closed:
+            cutoff = max(cutoff, closed[booked])
+            con.execute(
+                """INSERT INTO close_coverage
+                   SELECT ?, ?, ingested_at, count(*) FROM events
+                   WHERE strftime(timezone(?, started_at), '%Y-%m') = ?
+                     AND ingested_at <= ?
+                     AND ingested_at NOT IN (SELECT ingested_at FROM close_coverage
+                                             WHERE event_month = ?)
+                   GROUP BY ingested_at""",
+                [booked, month, zone, month, cutoff, month],
+            )
+            year, mon = int(booked[:4]), int(booked[5:])
+            booked = f"{year + (mon == 12)}-{mon % 12 + 1:02d}"
+
+
 MIGRATIONS: list[Migration] = [
     m001_events,
     m002_events_ingested_at,
     m003_spool_offsets,
     m004_rollups,
     m005_deliveries,
+    m006_close_coverage,
 ]
 
 

@@ -1,9 +1,12 @@
 """Periods: close a month into a frozen snapshot, and show what a price-book change moves.
 
-``close_month`` brings the rollup up to date, then moves the month's ``daily_spend`` rows into
-``closed_spend`` and records the close with the rollup watermark as ``closed_at``. Later runs
-never rewrite a closed month: its events that arrive afterwards become adjustment rows in the
-first month still open for them (``rollup.refresh``).
+``close_month`` brings the rollup up to date, then, in one transaction (one snapshot of the
+events), makes sure the month's rows hold every event of the month visible then, moves them
+(and the adjustment rows carried into the month) into ``closed_spend``, and records in
+``close_coverage`` the ingest batches (``ingested_at``) of the events it froze; ``closed_at``
+is the rollup watermark. Later runs never rewrite a closed month: any of its events outside
+those batches, however late its transaction committed, becomes an adjustment row in the first
+month still open after it (``rollup.refresh``).
 
 ``reprice`` prices the open days since a date with the current books and settings and compares
 them with the stored rollup, per workspace and currency; unless it is a dry run it then
@@ -23,7 +26,17 @@ from costsplit.config import Settings
 from costsplit.errors import CostsplitError
 from costsplit.prices import PriceBook, load_price_book
 from costsplit.pricing import prepare, priced_select, ts
-from costsplit.rollup import PeriodStatus, day_bounds, exact, month_bounds, period_status, refresh
+from costsplit.rollup import (
+    PeriodStatus,
+    day_bounds,
+    exact,
+    first_open_after,
+    month_bounds,
+    period_status,
+    rebuild_adjustments,
+    refresh,
+    uncovered,
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -60,8 +73,10 @@ def close_month(
         raise CostsplitError(
             f"{month} is already closed (at {existing.closed_at:%Y-%m-%d %H:%M} UTC)"
         )
+    book = book or load_price_book(settings.price_books)
     refresh(con, settings, book=book)
     first, nxt = _month_days(month)
+    tz = ZoneInfo(settings.timezone)
     watermark = con.execute("SELECT value FROM rollup_state WHERE key = 'watermark'").fetchone()
     closed_at = (
         datetime.fromisoformat(watermark[0])
@@ -70,6 +85,33 @@ def close_month(
     )
     con.execute("BEGIN TRANSACTION")
     try:
+        # One snapshot: what is frozen and what is recorded as frozen are the same events,
+        # even if an ingest committed since the refresh above.
+        closed = dict(con.execute("SELECT month, closed_at FROM period_close").fetchall())
+        lo, hi = month_bounds(month, tz)
+        own = f"started_at >= {ts(lo)} AND started_at < {ts(hi)}"
+        counted = con.execute(f"SELECT count(*) FROM events WHERE {own}").fetchone()[0]
+        rolled = con.execute(
+            "SELECT coalesce(sum(calls), 0) FROM daily_spend "
+            "WHERE NOT is_adjustment AND day >= ? AND day < ?",
+            [first, nxt],
+        ).fetchone()[0]
+        plan = prepare(con, settings, book)
+        if counted != rolled:
+            con.execute(
+                "DELETE FROM daily_spend WHERE NOT is_adjustment AND day >= ? AND day < ?",
+                [first, nxt],
+            )
+            con.execute(f"INSERT INTO daily_spend {priced_select(plan, own, tz)}")
+        sources = [m for m in sorted(closed) if first_open_after(m, closed) == month]
+        if sources:
+            rebuild_adjustments(con, plan, closed, tz)
+        for event_month, where in [(month, own), *((m, uncovered(m, tz)) for m in sources)]:
+            con.execute(
+                f"""INSERT INTO close_coverage SELECT ?, ?, ingested_at, count(*) FROM events
+                    WHERE {where} GROUP BY ingested_at""",
+                [month, event_month],
+            )
         con.execute(
             "INSERT INTO closed_spend SELECT * FROM daily_spend WHERE day >= ? AND day < ?",
             [first, nxt],

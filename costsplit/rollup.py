@@ -6,11 +6,28 @@ else ``unassigned``; the event's region, else the workspace's region. A call is 
 price row in force at its time for its region and the model name as requested
 (``costsplit.prices``); a call with no such row is *unpriced*: counted, never costed as zero.
 
-``refresh`` is incremental and idempotent. It recomputes the days of events ingested since its
-watermark (less a margin for transactions that committed late), and every open day when the
-settings or price books changed (a hash of them is kept in ``rollup_state``). Days of closed
-months are never rewritten: their late events become adjustment rows in the first month that
-was still open when they arrived (see ``costsplit.periods``).
+``refresh`` is incremental and idempotent. It prices the events whose ``ingested_at`` is newer
+than its watermark (the newest ``ingested_at`` the previous refresh saw) and adds them to their
+days' rows; every open day when the settings or price books changed (a hash of them is kept in
+``rollup_state``). Days of closed months are never rewritten: their late events become
+adjustment rows in the first month still open after them (see ``costsplit.periods``).
+
+Late commits. ``ingested_at`` is the *start* of the ingest transaction, so a transaction that
+began before a refresh and committed after it carries an ``ingested_at`` at or below that
+refresh's watermark and is not in the next refresh's new events. Two checks catch it:
+  * the margin (``LATE_COMMIT_MARGIN``, 5 minutes): the next refresh re-counts every open day
+    holding an event ingested less than 5 minutes before its watermark and recomputes a day
+    whose event count differs from its rolled-up calls. This catches cheaply any transaction
+    that committed within 5 minutes of starting;
+  * the total: when the events outnumber (or are outnumbered by) the rolled-up calls, the
+    refresh counts the events of every open day and recomputes the days that differ. This
+    catches a slower transaction, at the cost of one count per day over the open events.
+So an event is never lost from the open months; it is counted from the first refresh after
+its commit, like any new event. For closed months, each close records the ingest batches it
+froze (``close_coverage``) and events of that month in no recorded batch become adjustments,
+whenever they committed. One case stays open: two ingest transactions that start in the same
+microsecond share an ``ingested_at``, and if only one of them was frozen by a close the other's
+events of that month are taken as frozen too.
 """
 
 from __future__ import annotations
@@ -28,6 +45,7 @@ from costsplit.config import Settings
 from costsplit.prices import PriceBook, book_digest, load_price_book
 from costsplit.pricing import PricingPlan, day_expr, prepare, priced_select, ts
 
+# A refresh re-counts the days of events ingested this long before its watermark (see above).
 LATE_COMMIT_MARGIN = timedelta(minutes=5)
 
 _SPEND_FIELDS = (
@@ -248,7 +266,9 @@ def refresh(
             days, rows = _add_new_events(con, plan, tz, watermark, open_only)
             days |= _recompute_late_commits(con, plan, tz, watermark, open_only)
             days = sorted(days)
-        adjustments = _rebuild_adjustments(con, plan, closed, tz) if closed else 0
+        adjustments = rebuild_adjustments(con, plan, closed, tz) if closed else 0
+        if count != _rolled_up_calls(con):
+            days = sorted({*days, *_recount_open_days(con, plan, tz, open_only)})
         for key, value in (
             ("settings_hash", digest),
             ("watermark", (newest or datetime(1970, 1, 1, tzinfo=UTC)).isoformat()),
@@ -335,6 +355,38 @@ def _recompute_late_commits(
     return set(bad)
 
 
+def _rolled_up_calls(con: duckdb.DuckDBPyConnection) -> int:
+    return con.execute(
+        "SELECT (SELECT coalesce(sum(calls), 0) FROM daily_spend)"
+        " + (SELECT coalesce(sum(calls), 0) FROM closed_spend)"
+    ).fetchone()[0]
+
+
+def _recount_open_days(
+    con: duckdb.DuckDBPyConnection, plan: PricingPlan, tz: ZoneInfo, open_only: str
+) -> set[date]:
+    """Recompute whole every open day whose event count differs from its rolled-up calls.
+
+    The backstop for a transaction that committed later than ``LATE_COMMIT_MARGIN`` after
+    it started: one count per day over all open events, run only when the rolled-up calls
+    and the events disagree in total.
+    """
+    day = day_expr(tz, "started_at")
+    counted = dict(con.execute(
+        f"SELECT {day} AS d, count(*) FROM events WHERE {open_only} GROUP BY d"
+    ).fetchall())  # fmt: skip
+    rolled = dict(con.execute(
+        "SELECT day, sum(calls) FROM daily_spend WHERE NOT is_adjustment GROUP BY day"
+    ).fetchall())  # fmt: skip
+    bad = sorted(d for d in counted.keys() | rolled.keys() if counted.get(d) != rolled.get(d))
+    if bad:
+        marks = ", ".join("?" * len(bad))
+        con.execute(f"DELETE FROM daily_spend WHERE NOT is_adjustment AND day IN ({marks})", bad)
+        where = f"({_days_filter(bad, tz)}) AND {open_only}"
+        con.execute(f"INSERT INTO daily_spend {priced_select(plan, where, tz)}")
+    return set(bad)
+
+
 def day_bounds(day: date, tz: ZoneInfo) -> tuple[datetime, datetime]:
     """UTC bounds [start, end) of a reporting-timezone day."""
     start = datetime(day.year, day.month, day.day, tzinfo=tz)
@@ -374,26 +426,53 @@ def _next_month(month: str) -> str:
     return f"{year + (mon == 12)}-{mon % 12 + 1:02d}"
 
 
-def _rebuild_adjustments(
+def first_open_after(month: str, closed: dict[str, datetime] | set[str]) -> str:
+    """The first month after ``month`` that is not closed: where its late events are carried."""
+    booked = _next_month(month)
+    while booked in closed:
+        booked = _next_month(booked)
+    return booked
+
+
+def uncovered(month: str, tz: ZoneInfo) -> str:
+    """SQL filter: events of closed ``month`` that no close froze (see ``m006_close_coverage``)."""
+    lo, hi = month_bounds(month, tz)
+    return (
+        f"started_at >= {ts(lo)} AND started_at < {ts(hi)} AND ingested_at NOT IN "
+        f"(SELECT ingested_at FROM close_coverage WHERE event_month = '{month}')"
+    )
+
+
+def rebuild_adjustments(
     con: duckdb.DuckDBPyConnection, plan: PricingPlan, closed: dict[str, datetime], tz: ZoneInfo
 ) -> int:
-    """Late events of closed months, as adjustment rows in the first month still open for them.
+    """Late events of closed months, as adjustment rows in the first month still open after.
 
-    An event of closed month M that arrived after M closed belongs to the next month after M
-    that was still open when it arrived; months after M that closed before the event arrived
-    already froze it out, so only events newer than every such close land in the first open
-    month. Those already frozen into a later closed month's snapshot stay there.
+    Each close records the ingest batches it froze (``close_coverage``): the month's own
+    events in its snapshot and earlier months' late events in the adjustment rows closed with
+    it. An event of closed month M in no recorded batch, whenever its transaction committed,
+    is carried into the first month after M that is open now. Months whose events all sit in
+    recorded batches (compared by count, cheap) are skipped.
     """
     con.execute("DELETE FROM daily_spend WHERE is_adjustment")
+    cases = " ".join(
+        f"WHEN started_at >= {ts(lo)} AND started_at < {ts(hi)} THEN '{m}'"
+        for m, (lo, hi) in ((m, month_bounds(m, tz)) for m in sorted(closed))
+    )
+    counted = dict(con.execute(
+        f"SELECT CASE {cases} END AS m, count(*) FROM events "
+        f"WHERE {_closed_filter(closed, tz)} GROUP BY m"
+    ).fetchall())  # fmt: skip
+    covered = dict(con.execute(
+        "SELECT event_month, sum(events) FROM close_coverage GROUP BY event_month"
+    ).fetchall())  # fmt: skip
     total = 0
     for month in sorted(closed):
-        cutoff = closed[month]
-        booked = _next_month(month)
-        while booked in closed:
-            cutoff = max(cutoff, closed[booked])
-            booked = _next_month(booked)
-        lo, hi = month_bounds(month, tz)
-        where = f"started_at >= {ts(lo)} AND started_at < {ts(hi)} AND ingested_at > {ts(cutoff)}"
-        select = priced_select(plan, where, tz, day_sql=f"DATE '{booked}-01'", adjustment_of=month)
+        if counted.get(month, 0) == covered.get(month, 0):
+            continue
+        booked = first_open_after(month, closed)
+        select = priced_select(
+            plan, uncovered(month, tz), tz, day_sql=f"DATE '{booked}-01'", adjustment_of=month
+        )
         total += con.execute(f"INSERT INTO daily_spend {select}").fetchone()[0]
     return total

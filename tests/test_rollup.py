@@ -360,6 +360,64 @@ def test_remapping_a_key_rederives_open_periods(tmp_path):
     ]
 
 
+def backdate(con, scenario: str, interval: str) -> None:
+    """Give the events of ``scenario`` an older ``ingested_at``: a transaction that began then
+    and committed only now."""
+    con.execute(
+        f"UPDATE events SET ingested_at = ingested_at - INTERVAL {interval} WHERE scenario = ?",
+        [scenario],
+    )
+
+
+def test_a_commit_later_than_the_margin_is_caught_by_the_count(tmp_path):
+    with connect(tmp_path / "costsplit.duckdb") as con:
+        insert_events(con, [call(input_tokens=1000)])
+        rollup.refresh(con, SETTINGS)
+        insert_events(
+            con, [call(input_tokens=1000, scenario="slow", started_at="2026-03-02T01:00:00Z")]
+        )
+        backdate(con, "slow", "1 HOUR")  # far below the watermark less the 5-minute margin
+        assert rollup.refresh(con, SETTINGS).days == 1
+        rows = rollup.spend_rows(con, SETTINGS, date(2026, 3, 1), date(2026, 4, 1))
+        assert [(r.day, r.scenario, r.calls) for r in rows] == [
+            (date(2026, 3, 2), "slow", 1),
+            (date(2026, 3, 10), "chat", 1),
+        ]
+
+
+def test_a_late_commit_ingested_before_the_close_becomes_an_adjustment(tmp_path):
+    with connect(tmp_path / "costsplit.duckdb") as con:
+        insert_events(con, [call(input_tokens=1000)])
+        close_month(con, SETTINGS, "2026-03")
+        # A March event whose transaction began before the close and committed after it.
+        insert_events(con, [call(input_tokens=2000, scenario="late")])
+        backdate(con, "late", "1 HOUR")
+        closed_at = rollup.period_status(con, "2026-03").closed_at
+        assert (
+            con.execute("SELECT max(ingested_at) FROM events WHERE scenario = 'late'").fetchone()[0]
+            < closed_at
+        )
+        rollup.refresh(con, SETTINGS)
+        april = rollup.spend_rows(con, SETTINGS, date(2026, 4, 1), date(2026, 5, 1))
+        assert [(r.day, r.scenario, r.calls, r.cost, r.adjustment_of) for r in april] == [
+            (date(2026, 4, 1), "late", 1, Decimal("0.0008"), "2026-03")
+        ]
+        # Closing April freezes that adjustment; another old-stamped March event goes to May.
+        close_month(con, SETTINGS, "2026-04")
+        insert_events(con, [call(input_tokens=3000, scenario="later")])
+        backdate(con, "later", "2 HOUR")
+        rollup.refresh(con, SETTINGS)
+        rows = rollup.spend_rows(con, SETTINGS, date(2026, 3, 1), date(2026, 6, 1))
+        assert [(r.day, r.scenario, r.calls, r.is_adjustment) for r in rows] == [
+            (date(2026, 3, 10), "chat", 1, False),
+            (date(2026, 4, 1), "late", 1, True),
+            (date(2026, 5, 1), "later", 1, True),
+        ]
+        # Every event is in the reports exactly once.
+        assert sum(r.calls for r in rows) == 3
+        assert rollup.refresh(con, SETTINGS).rows == 0
+
+
 def test_close_freezes_a_month_and_late_events_become_adjustments(tmp_path):
     with connect(tmp_path / "costsplit.duckdb") as con:
         insert_events(con, [call(input_tokens=1000)])
