@@ -9,7 +9,7 @@ attributed, joined to its price row and tier, and costed with DECIMAL rates. The
 sum equals the per-call sum to the last digit, and the 10M-row pass is a plain integer
 GROUP BY.
 
-Billing rules (reference §7.1), with the rates from ``costsplit.prices.rates``:
+Billing rules (reference §7.1), with the rates from ``costsplit.pricebook.rates``:
   * explicit-cache call (``cache_creation_tokens > 0`` or ``cache_type = 'ephemeral'``, as
     the provider reported it): uncached input at the input price, cached tokens at
     ``explicit_read``, creation tokens at ``explicit_write``; otherwise cached tokens are
@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 import duckdb
 
 from costsplit.config import Settings
-from costsplit.prices import FOREVER, PriceBook, rates
+from costsplit.pricebook import FOREVER, PriceBook, rates
 
 REGION_CURRENCY = {"cn-beijing": "CNY"}  # every other region bills USD
 RATE_NAMES = (
