@@ -150,11 +150,12 @@ class MonthlyReport:
     charts: tuple[Chart, ...]  # one per currency when there is no single converted chart
     attention: Attention
     calls: int
+    workspace_name: str = ""  # the statement's workspace name (also when it spent nothing)
 
     @property
     def title(self) -> str:
-        if self.kind == "statement" and self.sections:
-            return f"Workspace statement — {self.sections[0].workspace_name} — {self.month_label}"
+        if self.kind == "statement":
+            return f"Workspace statement — {self.workspace_name} — {self.month_label}"
         return f"Model Studio cost split — {self.month_label}"
 
     @property
@@ -319,7 +320,15 @@ def build_monthly(
         charts=charts,
         attention=_attention(rows, sections),
         calls=sum(row.calls for row in rows),
+        workspace_name=_workspace_name(settings, workspace, sections) if workspace else "",
     )
+
+
+def _workspace_name(settings: Settings, workspace: str, sections) -> str:
+    if sections:
+        return sections[0].workspace_name
+    configured = settings.workspace(workspace)
+    return configured.name if configured else workspace
 
 
 def exchange_rate(

@@ -20,6 +20,9 @@ once) and a generous misfire grace time. APScheduler's memory of runs dies with 
 each run's time is kept in the ``job_runs`` table: on start, a cron job whose trigger fired
 between its last recorded run and now is scheduled to run at once (catch-up after downtime).
 A job with no recorded run takes the start as its baseline, so a first start sends nothing old.
+A report job then produces every period whose run it missed, not only the latest: down over
+three month ends, it sends three monthly reports, each still once per (report, period,
+recipient) through the ledger; periods with deliveries still failed are tried again too.
 The clock is injected so tests drive all of this without sleeping.
 """
 
@@ -112,11 +115,46 @@ def next_run(trigger, last_run: datetime | None, now: datetime) -> datetime | No
     return trigger.get_next_fire_time(None, now)
 
 
+MAX_CATCH_UP = 36  # missed runs of one report job produced on start, at most
+
+
+def due_periods(
+    trigger: CronTrigger,
+    last_run: datetime | None,
+    now: datetime,
+    period_of: Callable[[datetime], str],
+) -> list[str]:
+    """The periods of every fire time of ``trigger`` after ``last_run`` up to ``now``, oldest
+    first; with no fire time in between (a run started by hand), the period of ``now``."""
+    periods: list[str] = []
+    at = last_run
+    while last_run is not None and len(periods) < MAX_CATCH_UP:
+        at = trigger.get_next_fire_time(None, at + timedelta(microseconds=1))
+        if at is None or at > now:
+            break
+        periods.append(period_of(at))
+    return list(dict.fromkeys(periods)) or [period_of(now)]
+
+
+def unsent_periods(settings: Settings, reports: tuple[str, ...]) -> list[str]:
+    """Periods with a delivery not yet sent (failed or pending) for reports named or prefixed
+    by ``reports`` (``"statement:"`` matches every statement)."""
+    with connect(settings.database) as con:
+        rows = con.execute(
+            "SELECT DISTINCT report, period FROM sent_ledger WHERE status <> 'sent' ORDER BY period"
+        ).fetchall()
+    return list(dict.fromkeys(period for report, period in rows if report.startswith(reports)))
+
+
 def job_bodies(settings: Settings, *, clock, environ, sleep) -> dict[str, Callable[[], object]]:
     """What each job does, as zero-argument callables."""
     from costsplit import jobs
     from costsplit.digest import last_week
     from costsplit.report import last_month
+
+    tz = ZoneInfo(settings.timezone)
+    monthly_cron = CronTrigger.from_crontab(settings.schedules.monthly_report, timezone=tz)
+    weekly_cron = CronTrigger.from_crontab(settings.schedules.weekly_digest, timezone=tz)
 
     def ingest() -> object:
         from costsplit.ingest import ingest_spool
@@ -133,15 +171,35 @@ def job_bodies(settings: Settings, *, clock, environ, sleep) -> dict[str, Callab
 
     def monthly() -> object:
         now = clock()
-        return jobs.send_monthly(
-            settings, last_month(now, settings.timezone), now=now, environ=environ, sleep=sleep
+        months = due_periods(
+            monthly_cron,
+            last_runs(settings).get("monthly-report"),
+            now,
+            lambda at: last_month(at, settings.timezone),
         )
+        months = sorted({*unsent_periods(settings, ("monthly", "statement:")), *months})
+        return [
+            delivery
+            for month in months
+            for delivery in jobs.send_monthly(
+                settings, month, now=now, environ=environ, sleep=sleep
+            )
+        ]
 
     def digest() -> object:
         now = clock()
-        return jobs.send_digest(
-            settings, last_week(now, settings.timezone), now=now, environ=environ, sleep=sleep
+        weeks = due_periods(
+            weekly_cron,
+            last_runs(settings).get("weekly-digest"),
+            now,
+            lambda at: last_week(at, settings.timezone),
         )
+        weeks = sorted({*unsent_periods(settings, ("digest",)), *weeks})
+        return [
+            delivery
+            for week in weeks
+            for delivery in jobs.send_digest(settings, week, now=now, environ=environ, sleep=sleep)
+        ]
 
     return {"ingest": ingest, "rollup": rollup, "monthly-report": monthly, "weekly-digest": digest}
 

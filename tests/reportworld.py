@@ -8,6 +8,9 @@ Events go into a real DuckDB file and are rolled up by the real rollup.
 
 from __future__ import annotations
 
+import email
+import email.policy
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -256,3 +259,21 @@ def build_world(tmp_path: Path, *, smtp_port: int = 2525, budget: str = "100"):
         insert_events(con, world_events())
         rollup.refresh(con, settings)
     return settings
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every message it accepts as (recipients, message)."""
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.messages.append((tuple(envelope.rcpt_tos), message))
+        return "250 OK"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -6,7 +6,6 @@ import email
 import email.policy
 import logging
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
-from reportworld import build_world
+from reportworld import Inbox, build_world, free_port
 
 from costsplit.config import load_settings
 from costsplit.deliver import deliver, ledger
@@ -24,24 +23,6 @@ from costsplit.jobs import send_budget_alerts, send_digest, send_monthly
 from costsplit.render import message_id
 
 NOW = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
-
-
-class Inbox:
-    """An aiosmtpd handler keeping every message it accepts."""
-
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.messages.append((tuple(envelope.rcpt_tos), message))
-        return "250 OK"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
