@@ -429,8 +429,19 @@ def demo(calls: int, folder: str | None) -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on (default: proxy.port).")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, help="Processes on the port.")
 @click.option("--no-record", is_flag=True, help="Forward only, record nothing (to measure).")
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default="auto",
+    help="Event loop (auto: uvloop when installed).",
+)
 def proxy(
-    config_path: str | None, host: str | None, port: int | None, workers: int, no_record: bool
+    config_path: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int,
+    no_record: bool,
+    loop: str,
 ) -> None:
     """Record any client by changing its base URL: forward to Model Studio and record each call.
 
@@ -453,4 +464,4 @@ def proxy(
         for name, route in table.routes.items()
     )
     click.echo(f"costsplit proxy on http://{shown_host}:{shown_port}  routes: {routes}", err=True)
-    serve(settings, host=host, port=port, workers=workers, record=not no_record)
+    serve(settings, host=host, port=port, workers=workers, record=not no_record, loop=loop)

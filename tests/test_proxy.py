@@ -6,6 +6,7 @@ upstream where a test must hold a stream open or see the proxy close it.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import http.client
 import os
@@ -22,9 +23,11 @@ import pytest
 from proxy_world import events, normalise, proxy_settings, start_proxy, tokens, wait_events
 
 from costsplit.config import ProxySettings, Route, Workspace
+from costsplit.errors import ConfigError
 from costsplit.events import fingerprint_key
 from costsplit.proxy import RouteTable, run_in_thread
 from costsplit.proxy.routes import BUILTIN_ROUTES, RouteError
+from costsplit.proxy.server import loop_factory
 from costsplit.simulator import usage_for
 
 KEY = "sk-sim-default-intl"
@@ -369,6 +372,37 @@ def test_oversized_headers_are_431(simulator, costsplit_home):
     assert simulator.requests == [] and events(settings) == []
 
 
+def test_one_header_line_over_the_limit_is_our_431_not_a_plain_400(simulator, costsplit_home):
+    # aiohttp's parser refuses such a line before any handler runs; the proxy answers it in its
+    # own envelope (compatible style: the path is not known yet). Too many lines, likewise.
+    proxy, settings = start_proxy(costsplit_home, simulator.base_url, max_header_bytes=2048)
+    with proxy:
+        long_line = httpx.post(
+            proxy.base_url + NATIVE, json=NATIVE_BODY, headers={**AUTH, "X-Big": "y" * 3000}
+        )
+        many = httpx.post(
+            proxy.base_url + CHAT,
+            json=BODY,
+            headers={**AUTH, **{f"X-H{i}": "1" for i in range(200)}},
+        )
+    for answer in (long_line, many):
+        assert answer.status_code == 431
+        assert answer.headers["x-costsplit-proxy-error"] == "headers_too_large"
+        assert answer.headers["content-type"] == "application/json"
+        body = answer.json()
+        assert body == {
+            "error": {
+                "message": "A request line or header is longer than the proxy accepts "
+                "(2048 bytes), or there are too many header lines.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "headers_too_large",
+            },
+            "request_id": body["request_id"],
+        }
+    assert simulator.requests == [] and events(settings) == []
+
+
 def test_upstream_errors_pass_through_unchanged(simulator, costsplit_home):
     proxy, settings = start_proxy(costsplit_home, simulator.base_url)
     wrong_region = {"Authorization": "Bearer sk-sim-default-cn"}
@@ -386,6 +420,21 @@ def test_upstream_errors_pass_through_unchanged(simulator, costsplit_home):
 
 
 # -- processes -------------------------------------------------------------------------------
+
+
+def test_event_loop_is_uvloop_when_installed_and_asyncio_on_request(simulator, costsplit_home):
+    import uvloop
+
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is asyncio.new_event_loop
+    with pytest.raises(ConfigError, match="one of auto, asyncio, uvloop, not 'trio'"):
+        loop_factory("trio")
+    # the asyncio loop serves the same way (the other tests run on uvloop)
+    settings = proxy_settings(costsplit_home, simulator.base_url)
+    with run_in_thread(settings, loop="asyncio") as proxy:
+        proxied = httpx.post(proxy.base_url + CHAT, json=BODY, headers=AUTH)
+    assert proxied.status_code == 200 and len(events(settings)) == 1
 
 
 @pytest.mark.slow

@@ -7,6 +7,6 @@ call's life.
 """
 
 from costsplit.proxy.routes import BUILTIN_ROUTES, RouteTable
-from costsplit.proxy.server import RunningProxy, create_app, run_in_thread, serve
+from costsplit.proxy.server import RunningProxy, run_in_thread, serve
 
-__all__ = ["BUILTIN_ROUTES", "RouteTable", "RunningProxy", "create_app", "run_in_thread", "serve"]
+__all__ = ["BUILTIN_ROUTES", "RouteTable", "RunningProxy", "run_in_thread", "serve"]

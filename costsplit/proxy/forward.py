@@ -98,7 +98,7 @@ class Forwarder:
         if self.session is not None:
             await self.session.close()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
         header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
         if header_bytes > self.max_header_bytes:
@@ -118,9 +118,8 @@ class Forwarder:
         declared = request.content_length
         if declared is not None and declared > self.max_body_bytes:
             return self._too_large(target.api_style, declared)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        body = await _read_body(request.content, self.max_body_bytes)
+        if body is None:
             return self._too_large(target.api_style, None)
 
         headers = request.headers.items()
@@ -211,6 +210,18 @@ class Forwarder:
             "request_too_large",
             f"Request body is {size}; the proxy accepts at most {self.max_body_bytes} bytes.",
         )
+
+
+async def _read_body(content, limit: int) -> bytes | None:
+    """The whole request body, or None once it grows past ``limit`` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    while piece := await content.readany():
+        size += len(piece)
+        if size > limit:
+            return None
+        parts.append(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _forward_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
