@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Render an HTML report in headless Chromium and save a PNG screenshot, to look at it.
 # Usage: scripts/screenshot_report.sh REPORT.html OUT.png [WIDTHxHEIGHT]
-# Needs Debian's chromium package (apt-get install -y chromium). No network is used.
+# Needs Debian's chromium package, and a CJK font so Chinese workspace names show (apt-get install
+# -y chromium fonts-wqy-microhei). No network is used.
 set -euo pipefail
 html=$(realpath "$1")
 out=$(realpath -m "$2")
