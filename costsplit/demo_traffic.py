@@ -63,15 +63,15 @@ UNMAPPED_KEY = "sk-sim-default-intl"  # a key nobody put in the settings: its sp
 
 # (scenario, workspace id, owners, monthly budget in the workspace's currency, or None)
 SCENARIOS = (
-    ("chatbot", "ws-support-sg", ("support-eng@example.com",), "12"),
+    ("chatbot", "ws-support-sg", ("support-eng@example.com",), "4"),
     ("ticket-triage", "ws-support-sg", ("support-eng@example.com",), None),
     ("kb-embeddings", "ws-support-sg", ("search-eng@example.com",), None),
     ("paper-summaries", "ws-research-sg", ("research-eng@example.com",), "120"),
     ("image-captions", "ws-research-sg", ("vision-eng@example.com",), None),
     ("eval-runs", "ws-research-sg", ("research-eng@example.com",), None),
-    ("cn-chatbot", "ws-support-cn", ("cn-eng@example.com",), "10"),
+    ("cn-chatbot", "ws-support-cn", ("cn-eng@example.com",), "3"),
     ("cn-faq", "ws-support-cn", ("cn-eng@example.com",), None),
-    ("report-drafts", "ws-analytics-cn", ("bi@example.com",), "80"),
+    ("report-drafts", "ws-analytics-cn", ("bi@example.com",), "60"),
     ("log-insights", "ws-analytics-cn", ("bi@example.com", "sre-cn@example.com"), None),
     ("translation", "ws-analytics-cn", ("bi@example.com",), None),
 )
