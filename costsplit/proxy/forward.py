@@ -62,6 +62,7 @@ RESPONSE_DROP = frozenset(
         "content-encoding",
     }
 )
+STREAM_RESPONSE_DROP = RESPONSE_DROP | {"content-length"}
 
 
 class Forwarder:
@@ -118,7 +119,7 @@ class Forwarder:
         declared = request.content_length
         if declared is not None and declared > self.max_body_bytes:
             return self._too_large(target.api_style, declared)
-        body = await _read_body(request.content, self.max_body_bytes)
+        body = await _read_body(request.content, declared, self.max_body_bytes)
         if body is None:
             return self._too_large(target.api_style, None)
 
@@ -164,16 +165,13 @@ class Forwarder:
                 return _error(502, target.api_style, "upstream_error", _upstream_said(target, exc))
             exchange.chunk(data)
             exchange.end()
-            return web.Response(
-                body=data,
-                status=upstream.status,
-                headers=_response_headers(upstream.raw_headers, stream=False),
-            )
+            response = web.Response(body=data, status=upstream.status, headers=upstream.headers)
+            _drop(response.headers, RESPONSE_DROP)
+            return response
 
     async def _relay_stream(self, request, upstream, exchange) -> web.StreamResponse:
-        response = web.StreamResponse(
-            status=upstream.status, headers=_response_headers(upstream.raw_headers, stream=True)
-        )
+        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
+        _drop(response.headers, STREAM_RESPONSE_DROP)  # a relayed stream is sent chunked
         try:
             await response.prepare(request)
             async for piece in upstream.content.iter_any():
@@ -212,8 +210,10 @@ class Forwarder:
         )
 
 
-async def _read_body(content, limit: int) -> bytes | None:
+async def _read_body(content, declared: int | None, limit: int) -> bytes | None:
     """The whole request body, or None once it grows past ``limit`` bytes."""
+    if declared is not None:  # already checked against the limit
+        return await content.readexactly(declared) if declared else b""
     parts: list[bytes] = []
     size = 0
     while piece := await content.readany():
@@ -232,17 +232,11 @@ def _forward_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]
     ]
 
 
-def _response_headers(raw: Iterable[tuple[bytes, bytes]], *, stream: bool) -> CIMultiDict:
-    """Upstream's headers as received (names in their own case, in order), minus hop-by-hop
-    ones; a relayed stream also drops Content-Length (it is sent chunked)."""
-    out: CIMultiDict = CIMultiDict()
-    for name, value in raw:
-        text = name.decode("latin-1")
-        lower = text.lower()
-        if lower in RESPONSE_DROP or (stream and lower == "content-length"):
-            continue
-        out.add(text, value.decode("latin-1"))
-    return out
+def _drop(headers: CIMultiDict, names: Iterable[str]) -> None:
+    """Remove hop-by-hop headers from a copy of upstream's (which keeps their case and order)."""
+    for name in names:
+        if name in headers:
+            del headers[name]
 
 
 def _upstream_said(target, exc: BaseException) -> str:
