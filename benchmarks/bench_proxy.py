@@ -32,6 +32,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from costsplit.proxy.server import default_workers
+
 UPSTREAM = r"""
 import asyncio, sys
 BODY = (b'{"id":"chatcmpl-0b1e4d1c-6f7a-9c1e-8d3b-2a4c5e6f7a8b","object":"chat.completion",'
@@ -245,7 +247,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
     parser.add_argument("--repeats", type=int, default=3, help="wrk runs per figure (median)")
-    parser.add_argument("--workers", type=int, default=1, help="proxy processes (--workers)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="proxy processes (--workers; 0: one per core)"
+    )
     parser.add_argument("--loop", default="auto", help="proxy event loop (--loop)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -255,6 +259,7 @@ def main() -> int:
         )
         return 0
     load = os.getloadavg()[0]
+    args.workers = args.workers or default_workers()
     with tempfile.TemporaryDirectory(prefix="costsplit-bench-proxy-") as tmp:
         workdir = Path(tmp)
         script = workdir / "post.lua"

@@ -427,7 +427,12 @@ def demo(calls: int, folder: str | None) -> None:
 @config_option
 @click.option("--host", default=None, help="Address to listen on (default: proxy.host).")
 @click.option("--port", type=int, default=None, help="Port to listen on (default: proxy.port).")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, help="Processes on the port.")
+@click.option(
+    "--workers",
+    type=click.IntRange(0, 64),
+    default=0,
+    help="Processes on the port (default 0: one per CPU core).",
+)
 @click.option("--no-record", is_flag=True, help="Forward only, record nothing (to measure).")
 @click.option(
     "--loop",
@@ -454,6 +459,7 @@ def proxy(
     (then the base URL is http://127.0.0.1:8787/compatible-mode/v1)
     """
     from costsplit.proxy import RouteTable, serve
+    from costsplit.proxy.server import default_workers
 
     settings = load(config_path)
     table = RouteTable.from_settings(settings.proxy)
@@ -463,5 +469,10 @@ def proxy(
         f"{name}{' (default)' if name == table.default else ''} → {route.upstream}"
         for name, route in table.routes.items()
     )
-    click.echo(f"costsplit proxy on http://{shown_host}:{shown_port}  routes: {routes}", err=True)
+    workers = workers or (default_workers() if shown_port != 0 else 1)
+    click.echo(
+        f"costsplit proxy on http://{shown_host}:{shown_port} ({workers} worker"
+        f"{'s' if workers > 1 else ''})  routes: {routes}",
+        err=True,
+    )
     serve(settings, host=host, port=port, workers=workers, record=not no_record, loop=loop)

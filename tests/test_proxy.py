@@ -27,7 +27,7 @@ from costsplit.errors import ConfigError
 from costsplit.events import fingerprint_key
 from costsplit.proxy import RouteTable, run_in_thread
 from costsplit.proxy.routes import BUILTIN_ROUTES, RouteError
-from costsplit.proxy.server import loop_factory
+from costsplit.proxy.server import default_workers, loop_factory
 from costsplit.simulator import usage_for
 
 KEY = "sk-sim-default-intl"
@@ -422,6 +422,10 @@ def test_upstream_errors_pass_through_unchanged(simulator, costsplit_home):
 # -- processes -------------------------------------------------------------------------------
 
 
+def test_default_workers_is_one_per_usable_core():
+    assert default_workers() == len(os.sched_getaffinity(0))
+
+
 def test_event_loop_is_uvloop_when_installed_and_asyncio_on_request(simulator, costsplit_home):
     import uvloop
 
@@ -468,7 +472,7 @@ def test_cli_with_two_workers_each_process_its_own_segment(simulator, tmp_path, 
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=20)
     assert statuses == [200] * 12
-    assert b"costsplit proxy on http://127.0.0.1:" in stderr
+    assert f"costsplit proxy on http://127.0.0.1:{port} (2 workers)".encode() in stderr
     settings = proxy_settings(costsplit_home, simulator.base_url)
     recorded = events(settings)
     assert len(recorded) == 12 and {e["recorder"] for e in recorded} == {"proxy"}

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -216,10 +217,13 @@ def serve(
     loop: str = "auto",
     ready: threading.Event | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM. With ``workers`` > 1, that many processes share the port."""
+    """Serve until SIGINT/SIGTERM. With ``workers`` > 1, that many processes share the port;
+    ``workers=0`` means one per CPU core (``default_workers``)."""
     host = host or settings.proxy.host
     port = settings.proxy.port if port is None else port
     factory = loop_factory(loop)
+    if workers == 0:
+        workers = default_workers() if port != 0 else 1
     if workers <= 1:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(_serve_one(settings, host, port, record, reuse_port=False, ready=ready))
@@ -250,6 +254,17 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         stop()
+
+
+def default_workers() -> int:
+    """One worker process per CPU core this process may run on; 1 where the port cannot be
+    shared (no ``SO_REUSEPORT``). A proxy process is one thread: more need more processes."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
 
 
 def _worker(settings: Settings, host: str, port: int, record: bool, loop: str) -> None:
