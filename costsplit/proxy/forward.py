@@ -88,8 +88,12 @@ class Forwarder:
 
     async def start(self, _app: web.Application | None = None) -> None:
         """Open the shared upstream session (on the server's event loop)."""
+        # No connection limit (every call in flight holds one upstream connection; idle ones are
+        # reused), and no cookie jar: cookies upstream sets belong to the caller that got them,
+        # never to the next caller through the shared session.
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             timeout=self.timeout,
