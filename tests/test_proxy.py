@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import http.client
+import http.server
 import os
 import signal
 import socket
@@ -226,9 +227,11 @@ class HeldStream:
         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, silent: bool = False) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.base_url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.silent = silent  # read the request and send nothing at all
+        self.received = threading.Event()
         self.release = threading.Event()
         self.closed = threading.Event()
         self.thread = threading.Thread(target=self.serve, daemon=True)
@@ -245,8 +248,10 @@ class HeldStream:
             received = b""
             while b"\r\n\r\n" not in received:
                 received += connection.recv(65536)
+            self.received.set()
             first = {"choices": [{"index": 0, "delta": {"content": "Hel"}}], "model": "qwen-plus"}
-            connection.sendall(self.HEAD + self.chunk(orjson.dumps(first).decode()))
+            if not self.silent:
+                connection.sendall(self.HEAD + self.chunk(orjson.dumps(first).decode()))
             connection.settimeout(0.02)
             while not self.release.is_set():
                 try:
@@ -401,6 +406,45 @@ def test_one_header_line_over_the_limit_is_our_431_not_a_plain_400(simulator, co
             "request_id": body["request_id"],
         }
     assert simulator.requests == [] and events(settings) == []
+
+
+def test_cookies_upstream_sets_reach_that_caller_only(costsplit_home):
+    seen: list[str | None] = []
+
+    class Upstream(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(self.headers.get("Cookie"))
+            body = b'{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Set-Cookie", "acw_tc=affinity-of-caller-1; Path=/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # by name: a cookie jar keeps no cookies of a bare IP address
+    proxy, _ = start_proxy(costsplit_home, f"http://localhost:{server.server_port}")
+    try:
+        with proxy:
+            first = httpx.post(proxy.base_url + CHAT, json=BODY, headers=AUTH)
+            second = httpx.post(proxy.base_url + CHAT, json=BODY, headers=AUTH)
+            third = httpx.post(
+                proxy.base_url + CHAT, json=BODY, headers={**AUTH, "Cookie": "mine=1"}
+            )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert first.headers["set-cookie"] == "acw_tc=affinity-of-caller-1; Path=/"
+    assert second.status_code == third.status_code == 200
+    assert seen == [None, None, "mine=1"]
 
 
 def test_upstream_errors_pass_through_unchanged(simulator, costsplit_home):
