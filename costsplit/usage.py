@@ -70,20 +70,27 @@ class Usage:
 
     def consistent(self) -> Usage:
         """Clamp subsets to their totals and the total to at least input + output (in place)."""
-        self.cached_tokens = min(self.cached_tokens, self.input_tokens)
-        self.cache_creation_tokens = min(
-            self.cache_creation_tokens, self.input_tokens - self.cached_tokens
-        )
+        # Written out (no getattr loop, no min()): this runs once per recorded call.
         room = self.input_tokens
-        for name in ("image_tokens", "audio_tokens", "video_tokens"):
-            value = min(getattr(self, name), room)
-            setattr(self, name, value)
-            room -= value
-        self.reasoning_tokens = min(self.reasoning_tokens, self.output_tokens)
-        self.audio_output_tokens = min(
-            self.audio_output_tokens, self.output_tokens - self.reasoning_tokens
-        )
-        self.total_tokens = max(self.total_tokens, self.input_tokens + self.output_tokens)
+        if self.cached_tokens > room:
+            self.cached_tokens = room
+        if self.cache_creation_tokens > room - self.cached_tokens:
+            self.cache_creation_tokens = room - self.cached_tokens
+        if self.image_tokens > room:
+            self.image_tokens = room
+        room -= self.image_tokens
+        if self.audio_tokens > room:
+            self.audio_tokens = room
+        room -= self.audio_tokens
+        if self.video_tokens > room:
+            self.video_tokens = room
+        room = self.output_tokens
+        if self.reasoning_tokens > room:
+            self.reasoning_tokens = room
+        if self.audio_output_tokens > room - self.reasoning_tokens:
+            self.audio_output_tokens = room - self.reasoning_tokens
+        if self.total_tokens < self.input_tokens + self.output_tokens:
+            self.total_tokens = self.input_tokens + self.output_tokens
         return self
 
 
@@ -98,30 +105,35 @@ def _count(value: Any) -> int | None:
 
 def _first(*values: Any) -> int | None:
     for value in values:
+        if value is None:  # the usual case: the key is absent
+            continue
+        if type(value) is int:
+            if value >= 0:
+                return value
+            continue
         count = _count(value)
         if count is not None:
             return count
     return None
 
 
+_NO_DETAILS: dict[str, Any] = {}  # read only
+
+
 def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+    return value if isinstance(value, dict) else _NO_DETAILS
 
 
 def normalise_usage(raw: Any, endpoint: str = "chat") -> Usage | None:
     """Normalise a ``usage`` object of either API style; None when it holds no usage at all."""
     if not isinstance(raw, dict):
         return None
-    prompt = _dict(raw.get("prompt_tokens_details"))
-    input_details = _dict(raw.get("input_tokens_details"))
-    completion = _dict(raw.get("completion_tokens_details"))
-    output_details = _dict(raw.get("output_tokens_details"))
-
-    input_tokens = _first(raw.get("prompt_tokens"), raw.get("input_tokens"))
-    output_tokens = _first(raw.get("completion_tokens"), raw.get("output_tokens"))
-    total = _count(raw.get("total_tokens"))
-    image_count = _count(raw.get("image_count"))
-    plugins = _plugins(raw.get("plugins"))
+    get = raw.get
+    input_tokens = _first(get("prompt_tokens"), get("input_tokens"))
+    output_tokens = _first(get("completion_tokens"), get("output_tokens"))
+    total = _count(get("total_tokens"))
+    image_count = _count(get("image_count"))
+    plugins = _plugins(get("plugins"))
     if input_tokens is None and output_tokens is None:
         if total is None and image_count is None and not plugins:
             return None
@@ -129,46 +141,62 @@ def normalise_usage(raw: Any, endpoint: str = "chat") -> Usage | None:
         # lone total cannot be split, so it stays a total.
         if endpoint == "embedding":
             input_tokens = total
-    usage = Usage(
-        input_tokens=input_tokens or 0,
-        output_tokens=output_tokens or 0,
-        total_tokens=total or 0,
-        cached_tokens=_first(
-            prompt.get("cached_tokens"),
-            input_details.get("cached_tokens"),
-            raw.get("cached_tokens"),
+    usage = Usage(input_tokens or 0, output_tokens or 0, total or 0)
+    usage.image_count = image_count or 0
+    usage.plugins = plugins
+    if _PLAIN_USAGE_KEYS.issuperset(raw):
+        return usage.consistent()  # the common case: totals only, no subsets to look for
+    prompt = _dict(get("prompt_tokens_details"))
+    input_details = _dict(get("input_tokens_details"))
+    completion = _dict(get("completion_tokens_details"))
+    output_details = _dict(get("output_tokens_details"))
+    usage.cached_tokens = (
+        _first(
+            prompt.get("cached_tokens"), input_details.get("cached_tokens"), get("cached_tokens")
         )
-        or 0,
-        cache_creation_tokens=_first(
+        or 0
+    )
+    usage.cache_creation_tokens = (
+        _first(
             prompt.get("cache_creation_input_tokens"),
             input_details.get("cache_creation_input_tokens"),
         )
-        or 0,
-        reasoning_tokens=_first(
-            completion.get("reasoning_tokens"), output_details.get("reasoning_tokens")
-        )
-        or 0,
-        image_tokens=_first(
-            prompt.get("image_tokens"), raw.get("image_tokens"), input_details.get("image_tokens")
-        )
-        or 0,
-        audio_tokens=_first(
-            prompt.get("audio_tokens"), raw.get("audio_tokens"), input_details.get("audio_tokens")
-        )
-        or 0,
-        video_tokens=_first(
-            prompt.get("video_tokens"), raw.get("video_tokens"), input_details.get("video_tokens")
-        )
-        or 0,
-        audio_output_tokens=_first(
-            completion.get("audio_tokens"), output_details.get("audio_tokens")
-        )
-        or 0,
-        image_count=image_count or 0,
-        plugins=plugins,
-        cache_type=_text(prompt.get("cache_type")) or _text(input_details.get("cache_type")),
+        or 0
+    )
+    usage.cache_type = _text(prompt.get("cache_type")) or _text(input_details.get("cache_type"))
+    usage.reasoning_tokens = (
+        _first(completion.get("reasoning_tokens"), output_details.get("reasoning_tokens")) or 0
+    )
+    usage.image_tokens = (
+        _first(prompt.get("image_tokens"), get("image_tokens"), input_details.get("image_tokens"))
+        or 0
+    )
+    usage.audio_tokens = (
+        _first(prompt.get("audio_tokens"), get("audio_tokens"), input_details.get("audio_tokens"))
+        or 0
+    )
+    usage.video_tokens = (
+        _first(prompt.get("video_tokens"), get("video_tokens"), input_details.get("video_tokens"))
+        or 0
+    )
+    usage.audio_output_tokens = (
+        _first(completion.get("audio_tokens"), output_details.get("audio_tokens")) or 0
     )
     return usage.consistent()
+
+
+# Usage objects holding only these keys have no subsets (cached, modality, reasoning) to read.
+_PLAIN_USAGE_KEYS = frozenset(
+    {
+        "prompt_tokens",
+        "completion_tokens",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "image_count",
+        "plugins",
+    }
+)
 
 
 def _plugins(raw: Any) -> dict[str, int]:
@@ -331,10 +359,28 @@ def parse_stream(
     ``n``); ``event:error`` (HTTP 200 stream) gives ``error_code`` and ``error_status``; ``done``
     when every choice index seen has a final ``finish_reason`` (not the string ``"null"``).
     """
+    return _parse_backwards(data, api_style, choices, endpoint)[0]
+
+
+def parse_stream_tail(
+    tail: bytes, api_style: str, *, choices: int = 1, endpoint: str = "chat"
+) -> BodyFacts | None:
+    """``parse_stream`` of a stream whose ``tail`` (starting at an event boundary) is given:
+    its facts when the tail holds them all (the same facts as the whole would give, since
+    the parse reads backwards and stops there), else None (parse the whole)."""
+    facts, concluded = _parse_backwards(tail, api_style, choices, endpoint)
+    return facts if concluded else None
+
+
+def _parse_backwards(
+    data: bytes, api_style: str, choices: int, endpoint: str
+) -> tuple[BodyFacts, bool]:
+    """The facts of ``parse_stream``, and whether the parse stopped before the first event."""
     facts = BodyFacts()
     native = api_style == "dashscope"
     per_index: dict[int, Usage] = {}
     finished: dict[int, bool] = {}
+    concluded = False
     for sse in _events_backwards(data):
         if sse.data.startswith(b"[DONE]"):
             facts.done = True
@@ -354,6 +400,7 @@ def parse_stream(
         if not native:
             if step.usage is not None:
                 facts.usage = step.usage
+                concluded = True
                 break
             continue
         index, final = _native_choice(body)
@@ -361,6 +408,7 @@ def parse_stream(
         if step.usage is not None and index not in per_index:
             per_index[index] = step.usage
             if len(per_index) >= max(choices, 1):
+                concluded = True
                 break
     if native:
         if per_index:
@@ -370,7 +418,7 @@ def parse_stream(
                 else combine_choices(per_index)
             )
         facts.done = bool(finished) and all(finished.values()) and len(finished) >= max(choices, 1)
-    return facts
+    return facts, concluded
 
 
 def _native_choice(body: dict[str, Any]) -> tuple[int, bool]:
