@@ -34,12 +34,20 @@ What an event holds (``costsplit.events.UsageEvent``), decided here:
   ``denied_local``, ``network_error`` or ``interrupted`` (a stream abandoned or broken before its
   logical end: ``[DONE]`` or a final native ``finish_reason``).
 
-Compatible-mode streams whose caller did not ask for ``include_usage`` get it injected, and the
-extra usage-only chunk (``"choices": []``) is removed from what the caller receives; all other
-bytes pass unchanged, chunk for chunk (a chunk ending inside a line hands that partial line over
-with the next chunk). Interrupted streams are recorded with ``usage_source = "estimated"``:
-native streams keep the last cumulative usage received; otherwise output tokens are estimated
-from the text received and input tokens from the request text (``usage.estimate_tokens``).
+Compatible-mode streams whose caller did not ask for ``include_usage`` get it injected, and what
+the injection adds is removed from what the caller receives: the extra usage-only chunk
+(``"choices": []``) and the ``"usage":null`` member Model Studio then writes into every other
+chunk. So the caller (of the client or of the proxy) reads the bytes it would read without
+costsplit, chunk for chunk (a chunk ending inside a line hands that partial line over with the
+next chunk). Interrupted streams are recorded with ``usage_source = "estimated"``: native
+streams keep the last cumulative usage received; otherwise output tokens are estimated from the
+text received and input tokens from the request text (``usage.estimate_tokens``). ``close``
+before any response (a proxy caller gone while the request is upstream) is ``interrupted``
+with the input estimate; ``error`` before any response is a ``network_error``.
+
+Speed: what depends only on the URL or the key is computed once per recorder; chunks are kept
+as they are (a list append) and parsed once, backwards from the end, when the body ends;
+adapters may drive ``keeper``/``filter`` from C iterators (see ``Exchange``).
 
 Prompt and completion text is never written: the event has no field for it, whatever
 ``settings.capture_content`` says.
@@ -55,14 +63,14 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import orjson
 
-from costsplit.config import Settings, load_settings
+from costsplit.config import Settings, Workspace, load_settings
 from costsplit.errors import ModelNotGranted
-from costsplit.events import UsageEvent, fingerprint_key, key_hint
+from costsplit.events import UsageEvent, fingerprint_key, key_hint, utc_timestamp
 from costsplit.usage import (
     BodyFacts,
     StreamText,
@@ -71,6 +79,7 @@ from costsplit.usage import (
     load_json,
     parse_body,
     parse_stream,
+    parse_stream_tail,
     request_id_from_headers,
     request_text,
 )
@@ -101,6 +110,9 @@ DENIED_CODES = frozenset(
 HEADER_PREFIX = "x-costsplit-"
 TAG_HEADER_PREFIX = "x-costsplit-tag-"
 STREAM_TAIL_BYTES = 4 * 1024 * 1024  # bytes of a stream kept for the parse at its end
+TAIL_CHUNKS = 4  # chunks of a finished stream parsed first (the usage sits in its last events)
+CACHE_ENTRIES = 1024  # URLs and keys a recorder remembers (cleared when full)
+_NOTHING: dict[str, Any] = {}  # read only
 
 
 class Sink(Protocol):
@@ -194,13 +206,6 @@ def region_of_host(host: str) -> tuple[str, str]:
     return "", ""
 
 
-def _timestamp(seconds: float) -> str:
-    """``events.utc_timestamp`` (microseconds truncated), in a third of its time."""
-    whole = int(seconds)
-    micros = int((seconds - whole) * 1_000_000)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{micros:06d}Z"
-
-
 def _bearer(authorization: str) -> str:
     scheme, _, key = authorization.strip().partition(" ")
     return key.strip() if scheme.lower() == "bearer" else authorization.strip()
@@ -215,6 +220,11 @@ class Recorder:
     One per client or proxy route: holds the settings, the default ``region`` (used when the
     host names none, e.g. a simulator or a gateway), the default ``scenario`` and ``tags``, and
     ``recorder`` (``"client"`` or ``"proxy"``) written into each event.
+
+    What depends only on the URL or only on the API key (classification, region, key
+    fingerprint and hint, configured workspace) is computed once per URL and per key and kept
+    in memory (never written anywhere): a client talks to a handful of URLs with a handful of
+    keys, and hashing a key cost more than the rest of reading a request.
     """
 
     def __init__(
@@ -237,6 +247,8 @@ class Recorder:
         self.tags = dict(tags or {})
         self.clock = clock
         self.stream_tail_bytes = stream_tail_bytes
+        self._targets: dict[str | tuple[str, str], _Target] = {}
+        self._keys: dict[str, _Key] = {}
 
     @property
     def sink(self) -> Sink:
@@ -254,9 +266,16 @@ class Recorder:
             _failed("writing the event", exc)
 
     def begin(
-        self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes
+        self,
+        method: str,
+        url: str | tuple[str, str],
+        headers: Iterable[tuple[str, str]],
+        body: bytes,
     ) -> Exchange:
-        """Start recording a request; see the module docstring for the calls that follow."""
+        """Start recording a request; see the module docstring for the calls that follow.
+
+        ``url`` is the request URL, or its ``(host, path)`` when the adapter holds them parsed.
+        """
         try:
             exchange = Exchange(self, method, url, headers, body)
         except Exception as exc:
@@ -265,61 +284,123 @@ class Recorder:
         exchange.check_grants()
         return exchange
 
+    def target(self, url: str | tuple[str, str]) -> _Target:
+        """What the URL tells about a call (cached per URL)."""
+        target = self._targets.get(url)
+        if target is None:
+            if isinstance(url, tuple):
+                host, path = url
+            else:
+                parts = urlsplit(url)
+                host, path = parts.hostname or "", parts.path
+            host = host.lower()
+            api_style, endpoint, batch = classify(path)
+            host_region, host_workspace = region_of_host(host)
+            plan = host in PLAN_HOSTS or host.startswith("token-plan.")
+            target = _Target(
+                host, api_style, endpoint, batch, host_region or self.region, host_workspace, plan
+            )
+            if len(self._targets) >= CACHE_ENTRIES:
+                self._targets.clear()
+            self._targets[url] = target
+        return target
+
+    def key(self, authorization: str) -> _Key:
+        """What an ``Authorization`` header value tells about a call (cached per value)."""
+        facts = self._keys.get(authorization)
+        if facts is None:
+            key = _bearer(authorization)
+            fingerprint = fingerprint_key(key) if key else ""
+            workspace = (
+                self.settings.workspace_for_fingerprint(fingerprint) if fingerprint else None
+            )
+            facts = _Key(
+                fingerprint,
+                key_hint(key) if key else "",
+                workspace,
+                key.startswith(PLAN_KEY_PREFIX),
+            )
+            if len(self._keys) >= CACHE_ENTRIES:
+                self._keys.clear()
+            self._keys[authorization] = facts
+        return facts
+
+
+class _Target(NamedTuple):
+    host: str
+    api_style: str
+    endpoint: str
+    batch: bool
+    region: str  # the host's region, else the recorder's
+    workspace: str  # the workspace a ``{ws}.{region}.maas`` host names
+    plan: bool  # a Token/Coding plan host
+
+
+class _Key(NamedTuple):
+    fingerprint: str
+    hint: str
+    workspace: Workspace | None  # the configured workspace of this key fingerprint
+    plan: bool  # a Token/Coding plan key
+
+
+_NO_KEY = _Key("", "", None, False)
+
 
 class Exchange:
-    """One request/response pair being recorded. Built by ``Recorder.begin``."""
+    """One request/response pair being recorded. Built by ``Recorder.begin``.
 
-    request_headers: list[tuple[str, str]] | None
-    request_body: bytes | None
+    Adapters call ``chunk`` for each piece of the body. An adapter that can do better may, once
+    the head arrived, take ``keeper()`` (a plain ``append`` for the raw chunks), call
+    ``first_chunk`` on the first, ``trim`` every few hundred, and — only while ``filtering`` —
+    forward ``filter(chunk)`` instead of the chunk; ``chunk`` is exactly that sequence.
+    """
+
+    # Defaults shared by every exchange (an instance sets its own only when they change).
+    request_headers: list[tuple[str, str]] | None = None
+    request_body: bytes | None = None
+    status: int | None = None
+    sse = False
+    size = 0
+    evicted: StreamText | None = None
+    first_byte_ns: int | None = None
+    done = False
+    filter_usage = False  # include_usage was injected: remove what the caller did not ask for
+    carry = b""
+    skip_blank = False
 
     def __init__(
         self,
         recorder: Recorder,
         method: str,
-        url: str,
+        url: str | tuple[str, str],
         headers: Iterable[tuple[str, str]],
         body: bytes,
     ) -> None:
         self.recorder = recorder
         self.start_ns = time.perf_counter_ns()
-        self.request_headers = None
-        self.request_body = None
-        self.status: int | None = None
-        self.response_headers: dict[str, str] = {}
-        self.sse = False
         self.chunks: list[bytes] = []
-        self.size = 0
-        self.evicted: StreamText | None = None
-        self.first_byte_ns: int | None = None
-        self.done = False
-        self.filter_usage = False
-        self.carry = b""
-        self.skip_blank = False
+        self.response_headers: dict[str, str] = _NOTHING
+        target = recorder.target(url)
+        self.api_style, self.endpoint = target.api_style, target.endpoint
 
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        api_style, endpoint, batch = classify(parts.path)
-        self.api_style, self.endpoint = api_style, endpoint
-        host_region, host_workspace = region_of_host(host)
-
-        lowered: dict[str, str] = {}
+        authorization = workspace_header = sse_header = ""
         ours: list[tuple[str, str]] = []
         for name, value in headers:
             low = name.lower()
-            if low.startswith(HEADER_PREFIX):
-                ours.append((low, value))
-            else:
-                lowered[low] = value
-        key = _bearer(lowered.get("authorization", ""))
-        fingerprint = fingerprint_key(key) if key else ""
-        settings = recorder.settings
-        workspace = settings.workspace_for_fingerprint(fingerprint) if fingerprint else None
-        workspace_id = (
-            workspace.id
-            if workspace
-            else lowered.get("x-dashscope-workspace", "") or host_workspace
+            if low == "authorization":
+                authorization = value
+            elif low[:2] == "x-":
+                if low.startswith(HEADER_PREFIX):
+                    ours.append((low, value))
+                elif low == "x-dashscope-workspace":
+                    workspace_header = value
+                elif low == "x-dashscope-sse":
+                    sse_header = value
+        key = recorder.key(authorization) if authorization else _NO_KEY
+        workspace_id = key.workspace.id if key.workspace else workspace_header or target.workspace
+        self.workspace = key.workspace or (
+            recorder.settings.workspace(workspace_id) if workspace_id else None
         )
-        self.workspace = workspace or (settings.workspace(workspace_id) if workspace_id else None)
 
         context_name, context_tags = _scenario.get()
         scenario_name = context_name if context_name is not None else recorder.scenario
@@ -331,37 +412,32 @@ class Exchange:
                 tags[name[len(TAG_HEADER_PREFIX) :]] = value
 
         self.request = load_json(body) if body[:1] == b"{" else None
-        request = self.request if isinstance(self.request, dict) else {}
+        request = self.request if isinstance(self.request, dict) else _NOTHING
         parameters = request.get("parameters")
-        parameters = parameters if isinstance(parameters, dict) else {}
+        parameters = parameters if isinstance(parameters, dict) else _NOTHING
         model = request.get("model")
         self.model = model if isinstance(model, str) else ""
         n = request.get("n", parameters.get("n", 1))
         self.choices = n if type(n) is int and 0 < n <= 64 else 1
         self.incremental = parameters.get("incremental_output") is True
-        streamed = request.get("stream") is True or (
-            lowered.get("x-dashscope-sse", "").lower() == "enable"
-        )
-        plan = (
-            key.startswith(PLAN_KEY_PREFIX) or host in PLAN_HOSTS or host.startswith("token-plan.")
-        )
+        streamed = request.get("stream") is True or sse_header.lower() == "enable"
 
         self.event = UsageEvent(
-            started_at=_timestamp(recorder.clock()),
+            started_at=utc_timestamp(recorder.clock()),
             recorder=recorder.recorder,
-            api_style=api_style,
-            endpoint=endpoint,
-            host=host,
-            region=host_region or recorder.region,
-            key_fingerprint=fingerprint,
-            key_hint=key_hint(key) if key else "",
+            api_style=target.api_style,
+            endpoint=target.endpoint,
+            host=target.host,
+            region=target.region,
+            key_fingerprint=key.fingerprint,
+            key_hint=key.hint,
             workspace_observed=workspace_id,
             scenario=scenario_name,
             tags=tags,
             model_requested=self.model,
             streamed=streamed,
-            batch=batch,
-            billing_plan="plan" if plan else "payg",
+            batch=target.batch,
+            billing_plan="plan" if key.plan or target.plan else "payg",
         )
 
         new_body = self._inject_include_usage(request) if streamed else None
@@ -414,8 +490,7 @@ class Exchange:
         try:
             self.status = status
             self.response_headers = {name.lower(): value for name, value in headers}
-            content_type = self.response_headers.get("content-type", "")
-            self.sse = "text/event-stream" in content_type
+            self.sse = "text/event-stream" in self.response_headers.get("content-type", "")
             if self.sse:
                 self.event.streamed = True
             if not (self.sse and 200 <= status < 300):
@@ -427,36 +502,44 @@ class Exchange:
         """Keep a piece of the body for the parse at the end; return what the caller gets."""
         if self.done:
             return data
-        try:
-            if self.first_byte_ns is None:
-                self.first_byte_ns = time.perf_counter_ns()
-            self.chunks.append(data)
-            self.size += len(data)
-            if self.sse and self.size > self.recorder.stream_tail_bytes:
-                self._evict()
-            if self.filter_usage:
-                return self._filter(data)
-        except Exception as exc:
-            _failed("reading a response chunk", exc)
-            self.filter_usage = False
-            data, self.carry = self.carry + data, b""
-        return data
+        if self.first_byte_ns is None:
+            self.first_byte_ns = time.perf_counter_ns()
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > self.recorder.stream_tail_bytes:
+            self.trim()
+        return self.filter(data) if self.filter_usage else data
 
-    def plain_sink(self) -> Callable[[bytes], None] | None:
-        """For adapters: when chunks need no filtering, a cheap ``keep(chunk)`` to call instead
-        of ``chunk`` (after ``first_chunk``), plus ``trim`` every few hundred chunks; else None.
-        """
-        if self.done or self.filter_usage:
-            return None
-        return self.chunks.append
+    def body(self, data: bytes) -> bytes:
+        """The whole body at once (``chunk`` then ``end``): what the caller gets, ``data``
+        itself when unchanged."""
+        out = self.chunk(data)
+        rest = self.end()
+        return out + rest if rest else out
+
+    def keeper(self) -> Callable[[bytes], None] | None:
+        """For adapters: ``keep(chunk)`` (a list append) to call for each raw body chunk instead
+        of ``chunk``, with ``first_chunk``/``trim``/``filter`` as the class docstring says; None
+        when nothing more is recorded (forward the chunks untouched)."""
+        return None if self.done else self.chunks.append
+
+    @property
+    def filtering(self) -> bool:
+        """Whether chunks must pass through ``filter`` (include_usage was injected)."""
+        return self.filter_usage
+
+    def kept(self) -> int:
+        """For adapters: how many chunks are held (changes only by ``keep`` and ``trim``)."""
+        return len(self.chunks)
 
     def first_chunk(self) -> None:
-        """For adapters on the ``plain_sink`` path: the first body chunk arrived."""
+        """For adapters using ``keeper``: the first body chunk arrived."""
         if self.first_byte_ns is None:
             self.first_byte_ns = time.perf_counter_ns()
 
     def trim(self) -> None:
-        """For adapters on the ``plain_sink`` path: bound the bytes kept of a long stream."""
+        """Bound the bytes kept of a long stream (for adapters using ``keeper``: call it every
+        few hundred chunks)."""
         try:
             if self.sse and not self.done:
                 self.size = sum(map(len, self.chunks))
@@ -465,9 +548,34 @@ class Exchange:
         except Exception as exc:
             _failed("trimming a stream", exc)
 
+    def filter(self, data: bytes) -> bytes:
+        """What the caller gets of a raw chunk while ``filtering``: without the usage-only
+        chunk and without the ``"usage":null`` member the injection adds to every chunk."""
+        try:
+            # The usual chunk: whole lines holding one "usage":null member each (Model Studio
+            # writes it mid-object), which one replace removes. Anything else ("usage" left
+            # over: the usage-only chunk, a member in the other place, a second line; a line
+            # cut by the chunk boundary) goes the careful way.
+            out = data.replace(b'"usage":null,', b"")
+            if out is data:
+                out = data.replace(b',"usage":null', b"")
+            if b'"usage"' in out or data[-1:] != b"\n" or self.carry or self.skip_blank:
+                return self._filter_lines(data)
+            return out
+        except Exception as exc:
+            _failed("filtering a response chunk", exc)
+            self.filter_usage = False
+            data, self.carry = self.carry + data, b""
+            return data
+
     def end(self) -> bytes:
         """The body is complete: write the event; return bytes still held for the caller."""
         rest, self.carry = self.carry, b""
+        if rest and self.filter_usage:
+            try:
+                rest = self._without_usage(rest.splitlines(keepends=True))
+            except Exception as exc:
+                _failed("filtering a response chunk", exc)
         self._finish("end", None)
         return rest
 
@@ -481,22 +589,26 @@ class Exchange:
 
     # -- internals ------------------------------------------------------------------------------
     def _evict(self) -> None:
-        """Drop the oldest complete events of a long stream, keeping their text for estimates."""
+        """Drop the oldest complete events of a long stream, keeping their text for estimates.
+
+        The list is changed in place: adapters hold its ``append``.
+        """
         data = b"".join(self.chunks)
         cut = data.rfind(b"\n", 0, len(data) - self.recorder.stream_tail_bytes // 2)
         if cut < 0:
-            self.chunks = [data]
+            self.chunks[:] = [data]
             return
         if self.evicted is None:
             self.evicted = StreamText(
                 cumulative=self.api_style == "dashscope" and not self.incremental
             )
         self.evicted.feed(data[: cut + 1], self.api_style)
-        self.chunks = [data[cut + 1 :]]
+        self.chunks[:] = [data[cut + 1 :]]
         self.size = len(self.chunks[0])
 
-    def _filter(self, data: bytes) -> bytes:
-        """Remove the usage-only chunk the caller did not ask for; lines pass whole."""
+    def _filter_lines(self, data: bytes) -> bytes:
+        """``filter`` for chunks that end inside a line or may hold the usage-only chunk:
+        complete lines pass (a partial line waits for the next chunk)."""
         if self.carry:
             data, self.carry = self.carry + data, b""
         if self.skip_blank:
@@ -508,10 +620,17 @@ class Exchange:
         cut = data.rfind(b"\n") + 1
         if cut < len(data):
             data, self.carry = data[:cut], data[cut:]
-        if b'"choices":[]' not in data and b'"choices": []' not in data:
+        if not data:
             return data
+        if b'"choices":[]' not in data and b'"choices": []' not in data:
+            return data.replace(b'"usage":null,', b"").replace(b',"usage":null', b"")
+        return self._without_usage(data.splitlines(keepends=True))
+
+    def _without_usage(self, lines: list[bytes]) -> bytes:
+        """Complete lines without the usage-only event (and its blank line), and without the
+        ``"usage":null`` member elsewhere. Inside a JSON string a quote is escaped, so that
+        exact member text can only be the member itself."""
         kept: list[bytes] = []
-        lines = data.splitlines(keepends=True)
         i = 0
         while i < len(lines):
             line = lines[i]
@@ -524,7 +643,7 @@ class Exchange:
                 continue
             kept.append(line)
             i += 1
-        return b"".join(kept)
+        return b"".join(kept).replace(b'"usage":null,', b"").replace(b',"usage":null', b"")
 
     def _finish(self, how: str, exc: BaseException | None) -> None:
         if self.done:
@@ -544,22 +663,33 @@ class Exchange:
         if self.first_byte_ns is not None:
             event.first_byte_us = (self.first_byte_ns - self.start_ns) // 1000
         if self.status is None:
+            if how == "close":
+                # The caller went away after the request left (a proxy caller disconnecting
+                # before the answer): Model Studio may have started, and bill, the call.
+                event.outcome = "interrupted"
+                self._usage(Usage(input_tokens=self._input_estimate()).consistent(), "estimated")
+                return
             event.outcome = "network_error"
             event.error_code = type(exc).__name__ if exc is not None else "NoResponse"
             return
         event.http_status = self.status
-        body = _decoded(b"".join(self.chunks), self.response_headers.get("content-encoding", ""))
-        header_id = request_id_from_headers(self.response_headers)
+        encoding = self.response_headers.get("content-encoding")
+        if self.sse and 200 <= self.status < 300 and not encoding:
+            facts = self._stream_facts()
+            body = None
+        else:
+            body = _decoded(b"".join(self.chunks), encoding or "")
+            facts = None
         if self.status >= 400:
             facts = parse_body(body, self.endpoint)
             if not facts.error_code and self.sse:
                 facts = parse_stream(body, self.api_style, endpoint=self.endpoint)
             self._error_outcome(facts.error_code, self.status)
-            event.request_id = facts.request_id or header_id or facts.response_id
+            event.request_id = facts.request_id or self._header_request_id() or facts.response_id
             return
         if not self.sse:
             facts = parse_body(body, self.endpoint)
-            event.request_id = facts.request_id or header_id or facts.response_id
+            event.request_id = facts.request_id or self._header_request_id() or facts.response_id
             event.model_returned = facts.model if self.api_style == "openai-compatible" else ""
             if how == "end":
                 self._usage(facts.usage, "reported")
@@ -567,8 +697,9 @@ class Exchange:
                 event.outcome = "interrupted"
                 self._usage(Usage(input_tokens=self._input_estimate()).consistent(), "estimated")
             return
-        facts = parse_stream(body, self.api_style, choices=self.choices, endpoint=self.endpoint)
-        event.request_id = facts.request_id or header_id or facts.response_id
+        if facts is None:
+            facts = parse_stream(body, self.api_style, choices=self.choices, endpoint=self.endpoint)
+        event.request_id = facts.request_id or self._header_request_id() or facts.response_id
         event.model_returned = facts.model if self.api_style == "openai-compatible" else ""
         if facts.error_code:
             self._error_outcome(facts.error_code, facts.error_status or self.status)
@@ -579,13 +710,39 @@ class Exchange:
             if facts.usage is not None:
                 self._usage(facts.usage, "reported")
             else:
-                self._usage(self._estimate(body), "estimated")
+                self._usage(
+                    self._estimate(body if body is not None else b"".join(self.chunks)), "estimated"
+                )
             return
         event.outcome = "interrupted"
         if facts.usage is not None and self.api_style == "dashscope":
             self._usage(facts.usage, "estimated")  # cumulative usage of the last event received
         else:
-            self._usage(self._estimate(body), "estimated")
+            self._usage(
+                self._estimate(body if body is not None else b"".join(self.chunks)), "estimated"
+            )
+
+    def _stream_facts(self) -> BodyFacts:
+        """``parse_stream`` of the bytes kept, reading only the last few chunks when the facts
+        are all there (the usage sits in the last events): joining a long stream cost more
+        than parsing its end."""
+        chunks = self.chunks
+        if len(chunks) > TAIL_CHUNKS and chunks[-TAIL_CHUNKS - 1].endswith(b"\n\n"):
+            # The tail starts at an event boundary, so its events parse as in the whole.
+            facts = parse_stream_tail(
+                b"".join(chunks[-TAIL_CHUNKS:]),
+                self.api_style,
+                choices=self.choices,
+                endpoint=self.endpoint,
+            )
+            if facts is not None:
+                return facts
+        return parse_stream(
+            b"".join(chunks), self.api_style, choices=self.choices, endpoint=self.endpoint
+        )
+
+    def _header_request_id(self) -> str:
+        return request_id_from_headers(self.response_headers)
 
     def _error_outcome(self, code: str, status: int) -> None:
         self.event.http_status = status

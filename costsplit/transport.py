@@ -19,7 +19,8 @@ grants are enforced (raised before any network I/O).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -54,68 +55,110 @@ def _request_body(lib: ModuleType, request: Any) -> bytes:
         return b""  # a streamed upload (files): not read here, so not consumed
 
 
+def _begin(recorder: Recorder, lib: ModuleType, request: Any) -> Exchange:
+    """The exchange of a request, from the URL parts httpx already parsed (no re-parsing)."""
+    url = request.url
+    return recorder.begin(
+        request.method,
+        (url.host, url.path),
+        request.headers.multi_items(),
+        _request_body(lib, request),
+    )
+
+
 def _outgoing(lib: ModuleType, request: Any, exchange: Exchange) -> Any:
-    """The request to send: the caller's, or a copy without X-Costsplit-* / with include_usage."""
+    """The request to send: the caller's, or a copy without X-Costsplit-* / with include_usage.
+
+    The copy is built from a stream, not ``content=``: the headers are complete already (the
+    core fixed Content-Length), and httpx's content encoding cost more than the rest.
+    """
     if exchange.request_headers is None and exchange.request_body is None:
         return request
     headers = exchange.request_headers
     if headers is None:
         headers = request.headers
+    if exchange.request_body is None:
+        stream = request.stream
+    else:
+        stream = lib.ByteStream(exchange.request_body)
+    outgoing = lib.Request(
+        request.method, request.url, headers=headers, stream=stream, extensions=request.extensions
+    )
     if exchange.request_body is not None:
-        return lib.Request(
-            request.method,
-            request.url,
-            headers=headers,
-            content=exchange.request_body,
-            extensions=request.extensions,
-        )
-    return lib.Request(
-        request.method,
-        request.url,
-        headers=headers,
-        stream=request.stream,
-        extensions=request.extensions,
+        outgoing.read()  # a ByteStream: sets ``content`` for inner transports that read it
+    return outgoing
+
+
+def _read_response(lib: ModuleType, response: Any, exchange: Exchange) -> Any:
+    """An inner transport returned a response already read: record it now, hand it back as is
+    (or, rarely, with the body the filter changed)."""
+    content = response.content
+    out = exchange.body(content)
+    if out is content:
+        return response
+    return lib.Response(
+        response.status_code,
+        headers=response.headers,
+        stream=lib.ByteStream(out),
+        extensions=response.extensions,
     )
 
 
+# Chunks of a sync body handed to C-level iterators at a time: the Python code of the
+# recording body runs once per batch, not once per chunk.
+BATCH_CHUNKS = 256
+
+
 class SyncRecordingBody:
-    """A response body stream that shows each chunk to the exchange as it passes."""
+    """A response body stream that keeps each chunk for the exchange as it passes.
+
+    Per chunk only C code runs (``itertools``: a list append, and a ``map`` through the
+    exchange's filter only when costsplit injected ``include_usage``); the exchange hears of
+    the first chunk, is trimmed every ``BATCH_CHUNKS`` chunks and ends with the body.
+    """
 
     def __init__(self, inner: Any, exchange: Exchange) -> None:
         self._inner = inner
         self._exchange = exchange
 
     def __iter__(self) -> Iterator[bytes]:
+        keep = self._exchange.keeper()
+        if keep is None:
+            return iter(self._inner)
+        return itertools.chain.from_iterable(self._batches(keep))
+
+    def _batches(self, keep: Callable[[bytes], None]) -> Iterator[Iterable[bytes]]:
         exchange = self._exchange
-        keep = exchange.plain_sink()
+        chunks = iter(self._inner)
         try:
-            if keep is None:
-                for chunk in self._inner:
-                    out = exchange.chunk(chunk)
-                    if out:
-                        yield out
-            else:
-                # The common path: one list append per chunk, the rest at the end.
-                chunks = iter(self._inner)
-                for chunk in chunks:
-                    exchange.first_chunk()
-                    keep(chunk)
-                    yield chunk
+            for first in chunks:
+                exchange.first_chunk()
+                keep(first)
+                if exchange.filtering:
+                    first = exchange.filter(first)
+                yield (first,) if first else ()
+                break
+            while True:
+                before = exchange.kept()
+                batch = itertools.filterfalse(keep, itertools.islice(chunks, BATCH_CHUNKS))
+                if exchange.filtering:
+                    yield filter(None, map(exchange.filter, batch))
+                else:
+                    yield batch
+                if exchange.kept() - before < BATCH_CHUNKS:
                     break
-                for count, chunk in enumerate(chunks, 2):
-                    keep(chunk)
-                    yield chunk
-                    if not count & 255:
-                        exchange.trim()
+                exchange.trim()
         except GeneratorExit:
             exchange.close()
             raise
-        except BaseException as exc:
+        except BaseException as exc:  # the inner stream failed on its first chunk
             exchange.error(exc)
             raise
+        # A failure inside a batch reaches the caller without passing here; it then closes
+        # the response (``close`` below), which records the stream as interrupted.
         rest = exchange.end()
         if rest:
-            yield rest
+            yield (rest,)
 
     def close(self) -> None:
         try:
@@ -125,7 +168,7 @@ class SyncRecordingBody:
 
 
 class AsyncRecordingBody:
-    """The async twin of ``SyncRecordingBody``."""
+    """The async twin of ``SyncRecordingBody`` (one async generator step per chunk)."""
 
     def __init__(self, inner: Any, exchange: Exchange) -> None:
         self._inner = inner
@@ -133,23 +176,25 @@ class AsyncRecordingBody:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         exchange = self._exchange
-        keep = exchange.plain_sink()
+        keep = exchange.keeper()
+        if keep is None:
+            async for chunk in self._inner:
+                yield chunk
+            return
+        count = 0
         try:
-            if keep is None:
-                async for chunk in self._inner:
-                    out = exchange.chunk(chunk)
-                    if out:
-                        yield out
-            else:
-                count = 0
-                async for chunk in self._inner:
-                    if not count:
-                        exchange.first_chunk()
-                    keep(chunk)
-                    yield chunk
-                    count += 1
-                    if not count & 255:
-                        exchange.trim()
+            async for chunk in self._inner:
+                keep(chunk)
+                count += 1
+                if count == 1:
+                    exchange.first_chunk()
+                elif not count % BATCH_CHUNKS:
+                    exchange.trim()
+                if exchange.filter_usage:
+                    chunk = exchange.filter(chunk)
+                    if not chunk:
+                        continue
+                yield chunk
         except GeneratorExit:
             exchange.close()
             raise
@@ -189,12 +234,7 @@ class SyncRecordingMixin:
 
     def handle_request(self, request: Any) -> Any:
         lib = self._lib
-        exchange = self.recorder.begin(
-            request.method,
-            str(request.url),
-            request.headers.multi_items(),
-            _request_body(lib, request),
-        )
+        exchange = _begin(self.recorder, lib, request)
         outgoing = _outgoing(lib, request, exchange)
         try:
             response = self.inner.handle_request(outgoing)
@@ -203,16 +243,10 @@ class SyncRecordingMixin:
             raise
         exchange.response(response.status_code, response.headers.multi_items())
         try:
-            content = response.content  # an inner transport that returns a read response
+            return _read_response(lib, response, exchange)
         except lib.ResponseNotRead:
             response.stream = self._body(response.stream, exchange)
             return response
-        return lib.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=self._body(lib.ByteStream(content), exchange),
-            extensions=response.extensions,
-        )
 
     def close(self) -> None:
         self.inner.close()
@@ -240,12 +274,7 @@ class AsyncRecordingMixin:
 
     async def handle_async_request(self, request: Any) -> Any:
         lib = self._lib
-        exchange = self.recorder.begin(
-            request.method,
-            str(request.url),
-            request.headers.multi_items(),
-            _request_body(lib, request),
-        )
+        exchange = _begin(self.recorder, lib, request)
         outgoing = _outgoing(lib, request, exchange)
         try:
             response = await self.inner.handle_async_request(outgoing)
@@ -254,16 +283,10 @@ class AsyncRecordingMixin:
             raise
         exchange.response(response.status_code, response.headers.multi_items())
         try:
-            content = response.content
+            return _read_response(lib, response, exchange)
         except lib.ResponseNotRead:
             response.stream = self._body(response.stream, exchange)
             return response
-        return lib.Response(
-            response.status_code,
-            headers=response.headers,
-            stream=self._body(lib.ByteStream(content), exchange),
-            extensions=response.extensions,
-        )
 
     async def aclose(self) -> None:
         await self.inner.aclose()

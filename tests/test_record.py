@@ -28,6 +28,11 @@ class ListSink(list):
         super().append(event)
 
 
+def without_usage_null(data: bytes) -> bytes:
+    """Stream bytes as Model Studio sends them when include_usage was not asked for."""
+    return data.replace(b'"usage":null,', b"").replace(b',"usage":null', b"")
+
+
 def stable(event: UsageEvent) -> dict:
     return {k: v for k, v in dataclasses.asdict(event).items() if k not in VOLATILE}
 
@@ -126,6 +131,22 @@ def test_scenario_precedence_and_header_removal():
     )
 
 
+def test_closed_before_any_response_is_interrupted_with_the_input_estimate():
+    # A proxy caller gone while the request is upstream: Model Studio may bill the call.
+    rec, sink = recorder()
+    body = orjson.dumps({"model": "qwen-plus", "messages": [{"role": "user", "content": "x" * 20}]})
+    rec.begin("POST", CHAT, headers(), body).close()
+    [event] = sink
+    # 20 ASCII characters → 6 tokens.
+    assert (event.outcome, event.error_code, event.http_status, event.usage_source) == (
+        "interrupted",
+        "",
+        None,
+        "estimated",
+    )
+    assert (event.input_tokens, event.output_tokens, event.total_tokens) == (6, 0, 6)
+
+
 def test_scenario_is_context_local_across_threads():
     rec, _ = recorder()
     seen = {}
@@ -211,7 +232,10 @@ def test_include_usage_injected_and_usage_chunk_removed_chunk_for_chunk():
     events = (FIXTURES / "openai_chat_stream.sse").read_bytes().split(b"\n\n")
     chunks = [e + b"\n\n" for e in events if e]
     received = [ex.chunk(c) for c in chunks]
-    assert received == [c if b'"choices":[]' not in c else b"" for c in chunks]
+    # Without include_usage Model Studio sends no "usage" member at all: the injected
+    # "usage":null goes too, and the usage-only chunk as a whole.
+    assert received == [without_usage_null(c) if b'"choices":[]' not in c else b"" for c in chunks]
+    assert all(b'"usage"' not in r for r in received)
     ex.end()
     [event] = sink
     assert (event.outcome, event.usage_source, event.input_tokens, event.output_tokens) == (
@@ -230,7 +254,7 @@ def test_usage_chunk_removed_across_odd_chunk_boundaries():
     data = (FIXTURES / "openai_chat_stream.sse").read_bytes()
     out = b"".join(ex.chunk(data[i : i + 7]) for i in range(0, len(data), 7)) + ex.end()
     usage_event = next(e for e in data.split(b"\n\n") if b'"choices":[]' in e) + b"\n\n"
-    assert out == data.replace(usage_event, b"")
+    assert out == without_usage_null(data.replace(usage_event, b""))
 
 
 def test_caller_asked_for_usage_gets_it():

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from pathlib import Path
 
 import duckdb
 import httpx
+import httpx2
 import orjson
 import pytest
 from hypothesis import HealthCheck, given
@@ -169,6 +171,49 @@ def test_async_native(simulator):
     wire = asyncio.run(run())
     [event] = spooled(settings)
     assert event_numbers(event) == wire_numbers(wire["usage"])
+
+
+# -- what the caller reads of a stream ------------------------------------------------------
+
+
+def same_call_bytes(data: bytes) -> bytes:
+    """Stream bytes without what differs between two calls (response id, creation second)."""
+    data = re.sub(rb'"id":"chatcmpl-[0-9a-f-]+"', b'"id":"ID"', data)
+    return re.sub(rb'"created":[0-9]+', b'"created":0', data)
+
+
+@pytest.mark.parametrize("lib", [httpx, httpx2])
+def test_stream_bytes_are_identical_with_and_without_costsplit(simulator, lib):
+    """A caller that did not ask for usage reads, chunk for chunk and line for line, what it
+    reads without costsplit: no usage-only chunk and no "usage":null member (both appear
+    because costsplit injects include_usage), though the event has the usage."""
+    settings = load_settings()
+    url = simulator.base_url + COMPATIBLE_CHAT
+    body = {"model": "qwen-flash", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    if lib is httpx:
+        recording = costsplit.recording_httpx_client(settings, region=simulator.region)
+    else:
+        recording = costsplit.recording_client(settings, region=simulator.region)
+    read = {}
+    with recording, lib.Client() as bare:
+        for name, client in (("bare", bare), ("recorded", recording)):
+            with client.stream("POST", url, json=body, headers=headers) as response:
+                raw = [same_call_bytes(chunk) for chunk in response.iter_raw()]
+            with client.stream("POST", url, json=body, headers=headers) as response:
+                lines = [same_call_bytes(line.encode()) for line in response.iter_lines()]
+            read[name] = (raw, lines)
+    assert read["recorded"] == read["bare"]
+    raw, lines = read["bare"]
+    assert b"usage" not in b"".join(raw) and raw[-1] == b"data: [DONE]\n\n"
+    assert lines[-2:] == [b"data: [DONE]", b""]
+    seen = simulator.requests[-1]  # the recorded call reached the server with include_usage
+    assert orjson.loads(seen.body)["stream_options"] == {"include_usage": True}
+    usage = usage_for(body, "compatible", "chat")
+    events = spooled(settings)
+    assert [(e["outcome"], e["usage_source"]) for e in events] == [("ok", "reported")] * 2
+    assert [e["input_tokens"] for e in events] == [usage["prompt_tokens"]] * 2
+    assert [e["output_tokens"] for e in events] == [usage["completion_tokens"]] * 2
 
 
 # -- reference fixtures replayed through the transport ---------------------------------------

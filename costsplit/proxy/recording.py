@@ -60,17 +60,10 @@ class ProxyRecording:
 
 
 def relay_chunk(exchange: Exchange | _Unrecorded, data: bytes) -> bytes:
-    """What the caller gets of a stream chunk: the core's output, and when the core injected
-    ``include_usage``, without the ``"usage":null`` member that injection adds to every chunk,
-    so the caller receives byte for byte what it would have without the proxy.
-
-    The core hands over whole lines only while it filters, and inside a JSON string a quote is
-    escaped, so the exact member text can only be the member itself.
-    """
-    out = exchange.chunk(data)
-    if out and getattr(exchange, "filter_usage", False):
-        out = out.replace(b'"usage":null,', b"").replace(b',"usage":null', b"")
-    return out
+    """What the caller gets of a stream chunk: the core's output. When the core injected
+    ``include_usage`` it also removes the ``"usage":null`` member that injection adds to every
+    chunk, so the caller receives byte for byte what it would have without the proxy."""
+    return exchange.chunk(data)
 
 
 class _Unrecorded:
