@@ -169,13 +169,14 @@ class Forwarder:
                 return _error(502, target.api_style, "upstream_error", _upstream_said(target, exc))
             exchange.chunk(data)
             exchange.end()
-            response = web.Response(body=data, status=upstream.status, headers=upstream.headers)
-            _drop(response.headers, RESPONSE_DROP)
+            response = web.Response(body=data, status=upstream.status)
+            _copy_headers(upstream.raw_headers, response.headers, RESPONSE_DROP)
             return response
 
     async def _relay_stream(self, request, upstream, exchange) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, headers=upstream.headers)
-        _drop(response.headers, STREAM_RESPONSE_DROP)  # a relayed stream is sent chunked
+        response = web.StreamResponse(status=upstream.status)
+        # a relayed stream is sent chunked: no Content-Length
+        _copy_headers(upstream.raw_headers, response.headers, STREAM_RESPONSE_DROP)
         try:
             await response.prepare(request)
             async for piece in upstream.content.iter_any():
@@ -236,11 +237,14 @@ def _forward_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]
     ]
 
 
-def _drop(headers: CIMultiDict, names: Iterable[str]) -> None:
-    """Remove hop-by-hop headers from a copy of upstream's (which keeps their case and order)."""
-    for name in names:
-        if name in headers:
-            del headers[name]
+def _copy_headers(raw: Iterable[tuple[bytes, bytes]], out: CIMultiDict, drop: frozenset) -> None:
+    """Upstream's headers as received (names in their own case, in order: the parsed ones
+    are canonicalised), minus the hop-by-hop ones in ``drop``."""
+    add = out.add
+    for name, value in raw:
+        text = name.decode("latin-1")
+        if text.lower() not in drop:
+            add(text, value.decode("latin-1"))
 
 
 def _upstream_said(target, exc: BaseException) -> str:
