@@ -306,6 +306,37 @@ def test_caller_disconnect_closes_upstream_and_records_interrupted(costsplit_hom
     assert event["output_tokens"] >= 1 and event["input_tokens"] >= 1
 
 
+def test_caller_gone_before_any_answer_closes_upstream_and_records_interrupted(costsplit_home):
+    # The request reached Model Studio, which may have started (and will bill) the call: the
+    # event says interrupted with the request's estimated input, not network_error.
+    upstream = HeldStream(silent=True)
+    proxy, settings = start_proxy(costsplit_home, upstream.base_url)
+    payload = orjson.dumps(BODY)
+    try:
+        with proxy:
+            with socket.create_connection(("127.0.0.1", proxy.port)) as caller:
+                caller.sendall(
+                    b"POST %s HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer %s\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                    % (CHAT.encode(), KEY.encode(), len(payload), payload)
+                )
+                assert upstream.received.wait(10), "the request never reached upstream"
+            assert upstream.closed.wait(10), "the proxy kept the upstream request open"
+            [event] = wait_events(settings, 1)
+    finally:
+        upstream.stop()
+    facts = ("outcome", "http_status", "error_code", "streamed", "usage_source", "output_tokens")
+    assert {name: event[name] for name in facts} == {
+        "outcome": "interrupted",
+        "http_status": None,
+        "error_code": "",
+        "streamed": False,
+        "usage_source": "estimated",
+        "output_tokens": 0,
+    }
+    assert event["input_tokens"] >= 1
+
+
 # -- limits and failures -----------------------------------------------------------------------
 
 

@@ -8,12 +8,18 @@ Studio are small JSON documents), hands the exchange to the recording core throu
 A JSON answer is read whole and returned with its status and headers. A ``text/event-stream``
 answer is relayed chunk by chunk as each arrives (``iter_any``: no buffering, so the first byte
 reaches the caller as soon as it leaves upstream); the recording core sees every chunk and may
-drop the usage-only chunk it asked for on the caller's behalf.
+drop the usage-only chunk it asked for on the caller's behalf (and the ``"usage":null`` members
+that asking adds to every chunk).
 
 The server cancels the handler when the caller goes away (``handler_cancellation``); the
 ``async with`` then closes the upstream connection, so Model Studio stops generating, and the
-exchange is recorded as ``interrupted``. An upstream that cannot be reached or does not answer
-in time gets a 502 or 504 in the API style of the path, and a ``network_error`` event.
+exchange is recorded as ``interrupted`` — also when the caller left before any answer came,
+since the call had reached Model Studio, which may have started (and bill) it. An upstream that
+cannot be reached or does not answer in time gets a 502 or 504 in the API style of the path,
+and a ``network_error`` event.
+
+Upstream connections are reused (keep-alive) with no pool limit, so each call in flight has
+one; the shared session keeps no cookies, so no caller gets another's.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from multidict import CIMultiDict
 
 from costsplit.errors import ModelNotGranted
 from costsplit.proxy.envelopes import ERROR_HEADER, error_body
-from costsplit.proxy.recording import Passthrough, ProxyRecording, relay_chunk
+from costsplit.proxy.recording import Passthrough, ProxyRecording
 from costsplit.proxy.routes import ROUTE_HEADER, RouteError, RouteTable, error_style
 
 # Never forwarded upstream: hop-by-hop headers, what aiohttp recomputes, and Accept-Encoding,
@@ -180,7 +186,7 @@ class Forwarder:
         try:
             await response.prepare(request)
             async for piece in upstream.content.iter_any():
-                out = relay_chunk(exchange, piece)
+                out = exchange.chunk(piece)
                 if out:
                     await response.write(out)
             rest = exchange.end()

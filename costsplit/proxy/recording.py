@@ -59,13 +59,6 @@ class ProxyRecording:
         return None
 
 
-def relay_chunk(exchange: Exchange | _Unrecorded, data: bytes) -> bytes:
-    """What the caller gets of a stream chunk: the core's output. When the core injected
-    ``include_usage`` it also removes the ``"usage":null`` member that injection adds to every
-    chunk, so the caller receives byte for byte what it would have without the proxy."""
-    return exchange.chunk(data)
-
-
 class _Unrecorded:
     """An exchange that forwards everything unchanged and records nothing."""
 
