@@ -120,5 +120,7 @@ def _origin(upstream: str) -> str:
 
 
 def _has_dot_segment(path: str) -> bool:
+    if "." not in path and "%" not in path:  # the usual path, decided without splitting
+        return False
     segments = path.split("/")
     return any(s in (".", "..") or s.lower() in ("%2e", "%2e%2e", ".%2e", "%2e.") for s in segments)
