@@ -1,6 +1,7 @@
-"""Benchmark the recording proxy with wrk on loopback (bounded: about a minute by default).
+"""Benchmark the recording proxy with wrk on loopback (bounded: about two minutes by default).
 
-Targets (issue 7), recording on, one proxy process:
+Targets (issue 7), recording on, the proxy as `costsplit proxy` runs it (one worker per core
+unless --workers says otherwise):
   - added p50 <= 0.5 ms at 1 concurrent (proxy p50 minus the upstream's own p50);
   - >= 3,000 requests/s at 32 concurrent;
   - >= 90% of the ideal throughput with a 200 ms upstream and 128 in flight (ideal: wrk straight
