@@ -1,19 +1,27 @@
 """Ingest: move complete spool lines into DuckDB, each event exactly once.
 
-For every segment, ingest takes the complete lines past the offset it remembers, loads them in
-bulk with DuckDB's ``read_ndjson`` (typed by ``events.COLUMNS``), drops event ids already seen
-(in the batch, and by an anti-join against ``events``), and commits the new rows together with
-the new offsets in one transaction. So a run killed at any moment leaves the table and the
-offsets as they were, and the next run does the same work again; a run after a complete one
-finds nothing new. Re-ingested lines are duplicates by event id, never second rows.
+Segments are taken in groups of at most ``MAX_BATCH_BYTES`` of new lines, one transaction per
+group, so memory stays bounded however large the backlog. For a group, ingest takes the
+complete lines past the offset it remembers for each segment and commits the new rows together
+with the new offsets. So a run killed at any moment leaves each group's rows and offsets as they
+were or as they will be, and the next run does the rest; a run after a complete one finds
+nothing new. Re-ingested lines are duplicates by event id, never second rows.
+
+The fast path is one statement per group: DuckDB's ``read_ndjson`` (typed by
+``events.COLUMNS``) straight into ``events``, minus the ids the table already holds (an
+anti-join on the batch's id range, which DuckDB turns into a zone-map filter on the table).
+Anything unusual in the batch — a line that is not an event, an id repeated within the batch —
+makes that statement fail; the group is then rolled back and loaded the careful way: into a
+temporary table, file by file and, for a file that does not load, line by line.
 
 A segment whose writer still holds its lock is open: its torn last line (if any) waits. A
 segment whose lock is free is closed (its writer closed it or died): its torn last line is
 quarantined, and once every byte is accounted for the segment file is removed. Lines that are
 not events (bad JSON, wrong types, no ``event_id``, unknown ``schema_version``) go to
 ``<spool>/rejected/<segment>.rejected.jsonl`` with their offset and reason; they are counted,
-never raised. The bulk path is the only path for good batches: lines are looked at one by one
-only in a segment whose bulk load failed.
+never raised. An empty ``.<segment>.new`` left by a writer that died between creating and
+naming its segment is removed once its lock is free and it is older than
+``STALE_NEW_SECONDS``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import secrets
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +47,48 @@ from costsplit.spool import SEGMENT_SUFFIX
 
 REJECTED_DIR = "rejected"
 WORK_DIR = "ingest-work"  # the bytes of one run; no ``.jsonl`` at the top level, so never a segment
+MAX_BATCH_BYTES = 1024 * 1024 * 1024  # new spool bytes per transaction (≈ 1,200,000 events)
+STALE_NEW_SECONDS = 60.0
+
+_NAMES = ", ".join(COLUMNS)
+_READ = (
+    "read_ndjson($paths, columns = $columns, format = 'newline_delimited', "
+    "maximum_object_size = 16777216)"
+)
+# When the batch holds ids the table already has, the fast statement adds one more row that
+# carries their count (in ``latency_us``); it is read and deleted before commit. Only then: a
+# delete in a large insert makes DuckDB rewrite the inserted rows at commit. Its event id starts
+# with a NUL, which no recorder writes, and is random per statement.
+_BATCH_ROW = ", ".join(
+    {"event_id": "$batch_row", "latency_us": "duplicates"}.get(name, "NULL") for name in COLUMNS
+)
+_FAST_INSERT = f"""
+    INSERT INTO events ({_NAMES})
+    WITH lines AS MATERIALIZED (SELECT {_NAMES} FROM {_READ}),
+    batch AS (
+        SELECT count(*) AS total, count(DISTINCT event_id) AS distinct_ids,
+            min(event_id) AS low, max(event_id) AS high,
+            count(*) FILTER (
+                WHERE event_id IS NULL OR event_id = '' OR schema_version IS DISTINCT FROM $version
+            ) AS bad
+        FROM lines
+    ),
+    seen AS MATERIALIZED (
+        SELECT events.event_id FROM events, batch
+        WHERE events.event_id BETWEEN batch.low AND batch.high
+    ),
+    known AS (SELECT count(*) AS n FROM lines SEMI JOIN seen USING (event_id))
+    SELECT {_NAMES} FROM lines ANTI JOIN seen USING (event_id)
+    UNION ALL
+    SELECT {_BATCH_ROW} FROM (
+        SELECT CASE
+            WHEN bad > 0 THEN error('costsplit: a line is not an event')
+            WHEN distinct_ids < total THEN error('costsplit: an event id repeats in the batch')
+            ELSE known.n END AS duplicates
+        FROM batch, known
+    )
+    WHERE duplicates > 0
+"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -66,9 +118,29 @@ class _Segment:
         # A closed segment's torn tail is quarantined in this run, so it is accounted for.
         return self.size if self.closed else self.end
 
+    @property
+    def finished(self) -> bool:
+        return self.closed and self.new_offset >= self.size
 
-def ingest_spool(settings: Settings, *, lock_timeout: float = 10.0) -> IngestResult:
+
+@dataclasses.dataclass(slots=True)
+class _Group:
+    """Segments ingested in one transaction, and the lines of theirs set aside."""
+
+    segments: list[_Segment]
+    bad_lines: dict[str, list[tuple[int, bytes, str]]] = dataclasses.field(default_factory=dict)
+    rejected: int = 0
+    quarantined: int = 0
+
+
+def ingest_spool(
+    settings: Settings, *, lock_timeout: float = 10.0, max_batch_bytes: int = MAX_BATCH_BYTES
+) -> IngestResult:
     """Ingest every segment of ``settings.spool_dir`` into ``settings.database``.
+
+    Segments are committed in groups of at most ``max_batch_bytes`` of new lines (a larger
+    segment alone): that bounds memory. Fewer, larger groups are faster (each commit writes its
+    last partial row groups twice).
 
     Raises ``DatabaseLocked`` (after retrying for ``lock_timeout`` seconds) when another process
     holds the database; the spool is then untouched.
@@ -76,55 +148,73 @@ def ingest_spool(settings: Settings, *, lock_timeout: float = 10.0) -> IngestRes
     spool_dir = Path(settings.spool_dir)
     with store.connect(settings.database, lock_timeout=lock_timeout) as con:
         con.execute("SET preserve_insertion_order = false")  # rows have no order to keep
-        return _Run(con, spool_dir).ingest()
+        return _Run(con, spool_dir, max_batch_bytes).ingest()
 
 
 class _Run:
-    def __init__(self, con: duckdb.DuckDBPyConnection, spool_dir: Path) -> None:
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, spool_dir: Path, max_batch_bytes: int
+    ) -> None:
         self.con = con
+        self.max_batch_bytes = max_batch_bytes
         self.spool_dir = spool_dir
         self.work = spool_dir / WORK_DIR
-        self.rejected = 0
-        self.quarantined = 0
-        self.bad_lines: dict[str, list[tuple[int, bytes, str]]] = {}
 
     def ingest(self) -> IngestResult:
         segments = self.scan()
+        totals = [0, 0, 0, 0]
         try:
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE batch ({_column_list()})")
-            files = [(seg, self.bytes_to_load(seg)) for seg in segments if seg.end > seg.start]
-            if files:
-                self.load([f for _, f in files], files)
-            self.write_rejected()
-            ingested, duplicates = self.commit(segments)
+            groups = _plan(segments, self.max_batch_bytes)
+            for number, group in enumerate(groups):
+                # The first transaction also forgets the offsets of segments no longer on disk.
+                counts = self.ingest_group(group, forget_others=segments if number == 0 else None)
+                totals = [a + b for a, b in zip(totals, counts, strict=True)]
+                for seg in group.segments:
+                    if seg.finished:
+                        with contextlib.suppress(FileNotFoundError):
+                            seg.path.unlink()
         finally:
-            self.con.execute("DROP TABLE IF EXISTS temp.batch")
             shutil.rmtree(self.work, ignore_errors=True)
-        for seg in segments:
-            if seg.closed and seg.new_offset >= seg.size:
-                with contextlib.suppress(FileNotFoundError):
-                    seg.path.unlink()
-        return IngestResult(ingested, duplicates, self.rejected, self.quarantined)
+        return IngestResult(*totals)
+
+    def ingest_group(
+        self, group: _Group, forget_others: list[_Segment] | None
+    ) -> tuple[int, int, int, int]:
+        files = [(seg, self.bytes_to_load(seg)) for seg in group.segments if seg.end > seg.start]
+        ingested = duplicates = 0
+        done = False
+        if files:
+            self.write_rejected(group)  # torn tails found by the scan
+            done, ingested, duplicates = self.fast_commit(group, files, forget_others)
+        if not done:
+            try:
+                self.con.execute(f"CREATE OR REPLACE TEMP TABLE batch ({_column_list()})")
+                if files:
+                    self.load(group, files)
+                self.write_rejected(group)
+                ingested, duplicates = self.commit(group, forget_others)
+            finally:
+                self.con.execute("DROP TABLE IF EXISTS temp.batch")
+        for _, path in files:
+            if path.parent == self.work:
+                path.unlink(missing_ok=True)
+        return ingested, duplicates, group.rejected, group.quarantined
 
     # -- reading the spool ---------------------------------------------------------------------
     def scan(self) -> list[_Segment]:
         if not self.spool_dir.is_dir():
             return []
         shutil.rmtree(self.work, ignore_errors=True)  # left by a run that was killed
+        _remove_stale_new_files(self.spool_dir)
         offsets = dict(
             self.con.execute("SELECT segment, byte_offset FROM spool_offsets").fetchall()
         )
         segments = []
         for path in sorted(self.spool_dir.glob(f"*{SEGMENT_SUFFIX}")):
             try:
-                segment = _inspect(path, offsets.get(path.name, 0))
+                segments.append(_inspect(path, offsets.get(path.name, 0)))
             except FileNotFoundError:
                 continue  # removed by a run that ended after its commit
-            if segment.closed and segment.end < segment.size:
-                tail = _read(path, segment.end, segment.size)
-                reason = "torn last line: the writer stopped mid-write"
-                self.reject(segment, segment.end, tail, reason, quarantine=True)
-            segments.append(segment)
         return segments
 
     def bytes_to_load(self, seg: _Segment) -> Path:
@@ -143,31 +233,68 @@ class _Run:
                 remaining -= copied
         return target
 
-    # -- loading -------------------------------------------------------------------------------
-    def load(self, paths: list[Path], files: list[tuple[_Segment, Path]]) -> None:
+    # -- the fast path: one statement ----------------------------------------------------------
+    def fast_commit(
+        self,
+        group: _Group,
+        files: list[tuple[_Segment, Path]],
+        forget_others: list[_Segment] | None,
+    ) -> tuple[bool, int, int]:
+        """Insert the group's new events and offsets in one transaction; False if unusual."""
+        con = self.con
+        batch_row = f"\x00costsplit-batch-{secrets.token_hex(8)}"
+        con.execute("BEGIN TRANSACTION")
+        try:
+            try:
+                (inserted,) = con.execute(
+                    _FAST_INSERT,
+                    {
+                        "paths": [str(path) for _, path in files],
+                        "columns": COLUMNS,
+                        "version": SCHEMA_VERSION,
+                        "batch_row": batch_row,
+                    },
+                ).fetchone()
+            except duckdb.Error:
+                con.execute("ROLLBACK")
+                return False, 0, 0
+            ingested, duplicates = inserted, 0
+            known = con.execute(
+                "SELECT latency_us FROM events WHERE event_id = $id", {"id": batch_row}
+            ).fetchone()
+            if known is not None:
+                con.execute("DELETE FROM events WHERE event_id = $id", {"id": batch_row})
+                ingested, duplicates = inserted - 1, known[0]
+            self.record(group, forget_others, ingested, duplicates)
+            con.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
+                con.execute("ROLLBACK")
+            raise
+        return True, ingested, duplicates
+
+    # -- the careful path ----------------------------------------------------------------------
+    def load(self, group: _Group, files: list[tuple[_Segment, Path]]) -> None:
         """Bulk-load every file at once; on failure, file by file; on failure, line by line."""
-        if self.try_load(paths, "batch"):
+        if self.try_load([path for _, path in files]):
             return
         for seg, path in files:
-            if not self.try_load([path], "batch"):
-                self.load_lines(seg, path)
+            if not self.try_load([path]):
+                self.load_lines(group, seg, path)
 
-    def try_load(self, paths: list[Path], table: str) -> bool:
-        """Load ``paths`` into ``table``, all or nothing; False when any line is not an event.
+    def try_load(self, paths: list[Path]) -> bool:
+        """Load ``paths`` into ``batch``, all or nothing; False when any line is not an event.
 
-        The first, whole-batch attempt loads straight into the empty ``batch``: the common case
-        pays for one copy of the rows, not two.
+        Straight into ``batch`` while it is empty (the first attempt pays for one copy of the
+        rows, not two), else through ``part``.
         """
-        direct = (
-            table == "batch" and self.con.execute("SELECT count(*) FROM batch").fetchone()[0] == 0
-        )
-        target = table if direct else "part"
+        direct = self.con.execute("SELECT count(*) FROM batch").fetchone()[0] == 0
+        target = "batch" if direct else "part"
         if not direct:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE part ({_column_list()})")
         try:
             self.con.execute(
-                f"INSERT INTO {target} SELECT * FROM read_ndjson($paths, columns = $columns, "
-                "format = 'newline_delimited', maximum_object_size = 16777216)",
+                f"INSERT INTO {target} SELECT * FROM {_READ}",
                 {"paths": [str(p) for p in paths], "columns": COLUMNS},
             )
         except duckdb.Error:
@@ -183,10 +310,10 @@ class _Run:
             self.con.execute(f"DELETE FROM {target}")
             return False
         if not direct:
-            self.con.execute(f"INSERT INTO {table} SELECT * FROM part")
+            self.con.execute("INSERT INTO batch SELECT * FROM part")
         return True
 
-    def load_lines(self, seg: _Segment, path: Path) -> None:
+    def load_lines(self, group: _Group, seg: _Segment, path: Path) -> None:
         """The slow path: judge each line, load the good ones, reject the rest with a reason."""
         good: list[tuple[int, bytes]] = []
         offset = seg.start
@@ -194,46 +321,36 @@ class _Run:
             if raw.strip():
                 problem = _line_problem(raw)
                 if problem:
-                    self.reject(seg, offset, raw, problem)
+                    _reject(group, seg, offset, raw, problem)
                 else:
                     good.append((offset, raw))
             offset += len(raw) + 1
-        self.load_or_split(seg, good)
+        self.load_or_split(group, seg, good)
 
-    def load_or_split(self, seg: _Segment, lines: list[tuple[int, bytes]]) -> None:
+    def load_or_split(self, group: _Group, seg: _Segment, lines: list[tuple[int, bytes]]) -> None:
         # Lines that pass our checks but that DuckDB still refuses are found by halving.
         if not lines:
             return
         self.work.mkdir(parents=True, exist_ok=True)
         part = self.work / f"{seg.name}.{lines[0][0]}.part"
         part.write_bytes(b"".join(raw + b"\n" for _, raw in lines))
-        if self.try_load([part], "batch"):
+        if self.try_load([part]):
             return
         if len(lines) == 1:
             offset, raw = lines[0]
-            self.reject(seg, offset, raw, f"not loadable: {_duckdb_reason(self.con, part)}")
+            _reject(group, seg, offset, raw, f"not loadable: {_duckdb_reason(self.con, part)}")
             return
         middle = len(lines) // 2
-        self.load_or_split(seg, lines[:middle])
-        self.load_or_split(seg, lines[middle:])
+        self.load_or_split(group, seg, lines[:middle])
+        self.load_or_split(group, seg, lines[middle:])
 
-    # -- rejected lines ------------------------------------------------------------------------
-    def reject(
-        self, seg: _Segment, offset: int, raw: bytes, reason: str, *, quarantine: bool = False
-    ) -> None:
-        self.bad_lines.setdefault(seg.name, []).append((offset, raw, reason))
-        if quarantine:
-            self.quarantined += 1
-        else:
-            self.rejected += 1
-
-    def write_rejected(self) -> None:
+    def write_rejected(self, group: _Group) -> None:
         """One file per segment; a rerun after a killed run does not write a line twice."""
-        if not self.bad_lines:
+        if not group.bad_lines:
             return
         folder = self.spool_dir / REJECTED_DIR
         folder.mkdir(parents=True, exist_ok=True)
-        for name, entries in self.bad_lines.items():
+        for name, entries in group.bad_lines.items():
             target = folder / f"{Path(name).stem}.rejected.jsonl"
             seen = set()
             if target.exists():
@@ -258,8 +375,7 @@ class _Run:
                 out.flush()
                 os.fsync(out.fileno())
 
-    # -- the one transaction -------------------------------------------------------------------
-    def commit(self, segments: list[_Segment]) -> tuple[int, int]:
+    def commit(self, group: _Group, forget_others: list[_Segment] | None) -> tuple[int, int]:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
@@ -270,7 +386,6 @@ class _Run:
             if total:
                 # Event ids are time-ordered, so the range filter lets DuckDB skip old row groups;
                 # the window that drops repeats within the batch runs only when there are some.
-                columns = ", ".join(COLUMNS)
                 once = (
                     "QUALIFY row_number() OVER (PARTITION BY event_id) = 1"
                     if distinct < total
@@ -278,8 +393,8 @@ class _Run:
                 )
                 (ingested,) = con.execute(
                     f"""
-                    INSERT INTO events ({columns})
-                    SELECT {columns} FROM batch
+                    INSERT INTO events ({_NAMES})
+                    SELECT {_NAMES} FROM batch
                     WHERE event_id NOT IN (
                         SELECT event_id FROM events WHERE event_id BETWEEN $low AND $high
                     )
@@ -287,24 +402,97 @@ class _Run:
                     """,
                     {"low": low, "high": high},
                 ).fetchone()
-            # Only segments still on disk keep a row: names are never reused.
-            names = [s.name for s in segments]
-            con.execute("DELETE FROM spool_offsets")
-            con.execute(
-                "INSERT INTO spool_offsets SELECT unnest($names), unnest($offsets), now()",
-                {"names": names, "offsets": [s.new_offset for s in segments]},
-            )
-            con.execute(
-                "INSERT INTO ingest_log (ingested_at, ingested, duplicates, rejected, quarantined) "
-                "VALUES (now(), $i, $d, $r, $q)",
-                {"i": ingested, "d": total - ingested, "r": self.rejected, "q": self.quarantined},
-            )
+            self.record(group, forget_others, ingested, total - ingested)
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
         return ingested, total - ingested
+
+    def record(
+        self,
+        group: _Group,
+        forget_others: list[_Segment] | None,
+        ingested: int,
+        duplicates: int,
+    ) -> None:
+        """The group's new offsets and its line in ``ingest_log``, inside its transaction."""
+        con = self.con
+        names = [s.name for s in group.segments]
+        if forget_others is not None:
+            # Only segments still on disk keep a row: names are never reused.
+            con.execute(
+                "DELETE FROM spool_offsets WHERE NOT list_contains($names, segment)",
+                {"names": [s.name for s in forget_others]},
+            )
+        con.execute(
+            "DELETE FROM spool_offsets WHERE list_contains($names, segment)", {"names": names}
+        )
+        if names:
+            con.execute(
+                "INSERT INTO spool_offsets SELECT unnest($names), unnest($offsets), now()",
+                {"names": names, "offsets": [s.new_offset for s in group.segments]},
+            )
+        con.execute(
+            "INSERT INTO ingest_log (ingested_at, ingested, duplicates, rejected, quarantined) "
+            "VALUES (now(), $i, $d, $r, $q)",
+            {"i": ingested, "d": duplicates, "r": group.rejected, "q": group.quarantined},
+        )
+
+
+def _plan(segments: list[_Segment], max_batch_bytes: int) -> list[_Group]:
+    """Segments in groups of at most ``max_batch_bytes`` new bytes (a bigger one alone).
+
+    Torn tails of closed segments are quarantined in their segment's group. There is always at
+    least one group, so every run leaves its line in ``ingest_log``.
+    """
+    groups: list[_Group] = []
+    current: _Group | None = None
+    size = 0
+    for seg in segments:
+        new = seg.end - seg.start
+        if current is None or (size + new > max_batch_bytes and current.segments):
+            current, size = _Group([]), 0
+            groups.append(current)
+        current.segments.append(seg)
+        size += new
+        if seg.closed and seg.end < seg.size:
+            tail = _read(seg.path, seg.end, seg.size)
+            reason = "torn last line: the writer stopped mid-write"
+            _reject(current, seg, seg.end, tail, reason, quarantine=True)
+    return groups or [_Group([])]
+
+
+def _reject(
+    group: _Group, seg: _Segment, offset: int, raw: bytes, reason: str, *, quarantine: bool = False
+) -> None:
+    group.bad_lines.setdefault(seg.name, []).append((offset, raw, reason))
+    if quarantine:
+        group.quarantined += 1
+    else:
+        group.rejected += 1
+
+
+def _remove_stale_new_files(spool_dir: Path) -> None:
+    """Remove empty ``.<segment>.new`` files whose writer died before naming them."""
+    now = time.time()
+    for path in spool_dir.glob(f".*{SEGMENT_SUFFIX}.new"):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stat = os.fstat(fd)
+            # A live writer holds the file for microseconds, locked; age guards the instant
+            # between its create and its lock. A non-empty one is never removed.
+            if stat.st_size == 0 and now - stat.st_mtime > STALE_NEW_SECONDS:
+                path.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _inspect(path: Path, start: int) -> _Segment:

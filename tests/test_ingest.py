@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -241,6 +242,132 @@ def test_the_cli_prints_the_counts(costsplit_home):
     )
     result = CliRunner().invoke(main, ["ingest", "--json"])
     assert result.output == '{"ingested": 0, "duplicates": 0, "rejected": 0, "quarantined": 0}\n'
+
+
+# A line exactly as this version of the spool writes it, kept byte for byte: a spool written
+# before an upgrade must still be ingested by the versions after it.
+FIRST_FORMAT_LINE = (
+    '{"event_id":"0190a000-0000-7000-8000-00000000abcd","schema_version":1,'
+    '"started_at":"2026-10-01T04:00:00.000001Z","latency_us":812345,"first_byte_us":20100,'
+    '"recorder":"client","api_style":"openai-compatible","endpoint":"chat",'
+    '"host":"dashscope-intl.aliyuncs.com","region":"ap-southeast-1",'
+    '"key_fingerprint":"sha256:0123456789abcdef","key_hint":"\u2026abcd",'
+    '"workspace_observed":"ws-support0000000","scenario":"support-bot",'
+    '"tags":{"team":"support"},"model_requested":"qwen-plus","model_returned":"qwen-plus",'
+    '"request_id":"req-1","streamed":true,"batch":false,"billing_plan":"payg","outcome":"ok",'
+    '"http_status":200,"error_code":"","usage_source":"reported","input_tokens":1200,'
+    '"output_tokens":300,"total_tokens":1500,"cached_tokens":200,"cache_creation_tokens":0,'
+    '"cache_type":"","reasoning_tokens":0,"image_tokens":0,"audio_tokens":0,"video_tokens":0,'
+    '"audio_output_tokens":0,"image_count":0,"plugins":{"search":2}}\n'
+).encode()
+
+
+def test_a_line_of_the_first_spool_format_is_ingested_whole(costsplit_home):
+    settings = settings_for(costsplit_home)
+    write_segment(settings.spool_dir, "1-1-a.jsonl", FIRST_FORMAT_LINE)
+    assert ingest_spool(settings) == IngestResult(ingested=1)
+    (row,) = table(settings)
+    assert dict(zip(COLUMNS, row, strict=True)) == {
+        "event_id": "0190a000-0000-7000-8000-00000000abcd",
+        "schema_version": 1,
+        "started_at": datetime(2026, 10, 1, 4, 0, 0, 1, tzinfo=UTC),
+        "latency_us": 812345,
+        "first_byte_us": 20100,
+        "recorder": "client",
+        "api_style": "openai-compatible",
+        "endpoint": "chat",
+        "host": "dashscope-intl.aliyuncs.com",
+        "region": "ap-southeast-1",
+        "key_fingerprint": "sha256:0123456789abcdef",
+        "key_hint": "…abcd",
+        "workspace_observed": "ws-support0000000",
+        "scenario": "support-bot",
+        "tags": {"team": "support"},
+        "model_requested": "qwen-plus",
+        "model_returned": "qwen-plus",
+        "request_id": "req-1",
+        "streamed": True,
+        "batch": False,
+        "billing_plan": "payg",
+        "outcome": "ok",
+        "http_status": 200,
+        "error_code": "",
+        "usage_source": "reported",
+        "input_tokens": 1200,
+        "output_tokens": 300,
+        "total_tokens": 1500,
+        "cached_tokens": 200,
+        "cache_creation_tokens": 0,
+        "cache_type": "",
+        "reasoning_tokens": 0,
+        "image_tokens": 0,
+        "audio_tokens": 0,
+        "video_tokens": 0,
+        "audio_output_tokens": 0,
+        "image_count": 0,
+        "plugins": {"search": 2},
+    }
+
+
+def test_ids_already_in_the_table_are_counted_and_leave_no_trace(costsplit_home):
+    settings = settings_for(costsplit_home)
+    a, b, c = (event(i).to_json_line() for i in range(3))
+    write_segment(settings.spool_dir, "1-1-a.jsonl", a + b)
+    assert ingest_spool(settings) == IngestResult(ingested=2)
+    write_segment(settings.spool_dir, "2-1-a.jsonl", b + c)  # one new, one seen before
+    assert ingest_spool(settings) == IngestResult(ingested=1, duplicates=1)
+    write_segment(settings.spool_dir, "3-1-a.jsonl", a + c)  # all seen before
+    assert ingest_spool(settings) == IngestResult(ingested=0, duplicates=2)
+    assert [r[0] for r in table(settings)] == [event(i).event_id for i in range(3)]
+    with connect(settings.database) as con:
+        log = con.execute("SELECT ingested, duplicates FROM ingest_log").fetchall()
+    assert log == [(2, 0), (1, 1), (0, 2)]
+
+
+def test_a_backlog_is_committed_in_groups_of_bounded_size(costsplit_home):
+    settings = settings_for(costsplit_home)
+    lines = [event(i).to_json_line() for i in range(6)]
+    size = len(lines[0])
+    write_segment(settings.spool_dir, "1-1-a.jsonl", lines[0] + lines[1])
+    write_segment(settings.spool_dir, "2-1-a.jsonl", lines[2] + lines[1])  # a repeat, later group
+    write_segment(settings.spool_dir, "3-1-a.jsonl", lines[3] + lines[3])  # a repeat, same file
+    write_segment(settings.spool_dir, "4-1-a.jsonl", lines[4] + lines[5] + b'{"torn')
+    result = ingest_spool(settings, max_batch_bytes=2 * size + 10)
+    assert result == IngestResult(ingested=6, duplicates=2, rejected=0, quarantined=1)
+    assert event_ids(settings) == [event(i).event_id for i in range(6)]
+    with connect(settings.database) as con:
+        log = con.execute(
+            "SELECT ingested, duplicates, rejected, quarantined FROM ingest_log"
+        ).fetchall()
+    assert log == [(2, 0, 0, 0), (1, 1, 0, 0), (1, 1, 0, 0), (2, 0, 0, 1)]
+    assert list(settings.spool_dir.glob("*.jsonl")) == []
+
+
+def test_an_empty_hidden_segment_left_by_a_dead_writer_is_removed_once_stale(costsplit_home):
+    settings = settings_for(costsplit_home)
+    folder = settings.spool_dir
+    folder.mkdir(parents=True)
+    old = time.time() - 3600
+    stale = folder / ".1-1-dead.jsonl.new"
+    fresh = folder / ".2-1-young.jsonl.new"
+    locked = folder / ".3-1-alive.jsonl.new"
+    written = folder / ".4-1-odd.jsonl.new"
+    for path in (stale, fresh, locked):
+        path.write_bytes(b"")
+    written.write_bytes(event(0).to_json_line())
+    for path in (stale, locked, written):
+        os.utime(path, (old, old))
+    holder = os.open(locked, os.O_RDONLY)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # a writer between its create and its rename
+    try:
+        assert ingest_spool(settings) == IngestResult()
+        assert sorted(p.name for p in folder.iterdir()) == [
+            ".2-1-young.jsonl.new",
+            ".3-1-alive.jsonl.new",
+            ".4-1-odd.jsonl.new",
+        ]
+    finally:
+        os.close(holder)
 
 
 # -- the database held by another process -------------------------------------------------------
