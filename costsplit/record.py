@@ -107,6 +107,7 @@ DENIED_CODES = frozenset(
         "Endpoint.AccessDenied",
     }
 )
+USAGE_NULL = b'"usage":null'  # what include_usage adds to every other compatible chunk
 HEADER_PREFIX = "x-costsplit-"
 TAG_HEADER_PREFIX = "x-costsplit-tag-"
 STREAM_TAIL_BYTES = 4 * 1024 * 1024  # bytes of a stream kept for the parse at its end
@@ -550,18 +551,19 @@ class Exchange:
 
     def filter(self, data: bytes) -> bytes:
         """What the caller gets of a raw chunk while ``filtering``: without the usage-only
-        chunk and without the ``"usage":null`` member the injection adds to every chunk."""
+        event and without the ``"usage":null`` member the injection adds to every other one
+        (the first such member of each line, with its comma)."""
         try:
-            # The usual chunk: whole lines holding one "usage":null member each (Model Studio
-            # writes it mid-object), which one replace removes. Anything else ("usage" left
-            # over: the usage-only chunk, a member in the other place, a second line; a line
-            # cut by the chunk boundary) goes the careful way.
-            out = data.replace(b'"usage":null,', b"")
-            if out is data:
-                out = data.replace(b',"usage":null', b"")
-            if b'"usage"' in out or data[-1:] != b"\n" or self.carry or self.skip_blank:
+            # The usual chunk is one whole event, one line with its member: a memchr and one
+            # search (the main cost) settle it. Anything else — a line cut by the chunk
+            # boundary, several lines, no member (maybe the usage-only event) — goes line by
+            # line, which gives the same bytes for the usual chunk.
+            if self.carry or self.skip_blank or data.find(b"\n") != len(data) - 2:
                 return self._filter_lines(data)
-            return out
+            start = data.find(USAGE_NULL)
+            if start < 0:
+                return self._filter_lines(data)
+            return _without_usage_null(data, start)
         except Exception as exc:
             _failed("filtering a response chunk", exc)
             self.filter_usage = False
@@ -607,8 +609,8 @@ class Exchange:
         self.size = len(self.chunks[0])
 
     def _filter_lines(self, data: bytes) -> bytes:
-        """``filter`` for chunks that end inside a line or may hold the usage-only chunk:
-        complete lines pass (a partial line waits for the next chunk)."""
+        """``filter`` line by line: complete lines pass (a partial line waits for the next
+        chunk), each without its ``"usage":null`` member, the usage-only event dropped."""
         if self.carry:
             data, self.carry = self.carry + data, b""
         if self.skip_blank:
@@ -622,28 +624,28 @@ class Exchange:
             data, self.carry = data[:cut], data[cut:]
         if not data:
             return data
-        if b'"choices":[]' not in data and b'"choices": []' not in data:
-            return data.replace(b'"usage":null,', b"").replace(b',"usage":null', b"")
         return self._without_usage(data.splitlines(keepends=True))
 
     def _without_usage(self, lines: list[bytes]) -> bytes:
-        """Complete lines without the usage-only event (and its blank line), and without the
-        ``"usage":null`` member elsewhere. Inside a JSON string a quote is escaped, so that
-        exact member text can only be the member itself."""
+        """Complete lines, each without its first ``"usage":null`` member; a line without one
+        that is the usage-only event is dropped with the blank line after it. Inside a JSON
+        string a quote is escaped, so the member's exact text is only ever the member."""
         kept: list[bytes] = []
         i = 0
         while i < len(lines):
             line = lines[i]
-            if line.startswith(b"data:") and _is_usage_only(line[5:]):
-                i += 1
+            i += 1
+            start = line.find(USAGE_NULL)
+            if start >= 0:
+                kept.append(_without_usage_null(line, start))
+            elif line.startswith(b"data:") and _is_usage_only(line[5:]):
                 if i < len(lines) and lines[i].strip() == b"":
                     i += 1
                 elif i >= len(lines):
                     self.skip_blank = True
-                continue
-            kept.append(line)
-            i += 1
-        return b"".join(kept).replace(b'"usage":null,', b"").replace(b',"usage":null', b"")
+            else:
+                kept.append(line)
+        return b"".join(kept)
 
     def _finish(self, how: str, exc: BaseException | None) -> None:
         if self.done:
@@ -794,6 +796,19 @@ def _decoded(body: bytes, encoding: str) -> bytes:
             except zlib.error:
                 return body
     return body
+
+
+def _without_usage_null(line: bytes, start: int) -> bytes:
+    """``line`` without the first ``"usage":null`` member (found at ``start`` or later) that
+    has a comma beside it, and that comma (the one after it when both are there)."""
+    while start >= 0:
+        end = start + len(USAGE_NULL)
+        if line[end : end + 1] == b",":
+            return line[:start] + line[end + 1 :]
+        if start and line[start - 1 : start] == b",":
+            return line[: start - 1] + line[end:]
+        start = line.find(USAGE_NULL, end)
+    return line
 
 
 def _is_usage_only(payload: bytes) -> bool:

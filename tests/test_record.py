@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import itertools
+import re
 import threading
 from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from costsplit.config import Settings, Workspace
 from costsplit.errors import ModelNotGranted
@@ -29,8 +33,10 @@ class ListSink(list):
 
 
 def without_usage_null(data: bytes) -> bytes:
-    """Stream bytes as Model Studio sends them when include_usage was not asked for."""
-    return data.replace(b'"usage":null,', b"").replace(b',"usage":null', b"")
+    """Stream bytes as Model Studio sends them when include_usage was not asked for: the one
+    "usage":null member (and a comma) it adds to each line gone."""
+    member = re.compile(rb'"usage":null,|,"usage":null')
+    return b"".join(member.sub(b"", line, 1) for line in data.splitlines(keepends=True))
 
 
 def stable(event: UsageEvent) -> dict:
@@ -255,6 +261,62 @@ def test_usage_chunk_removed_across_odd_chunk_boundaries():
     out = b"".join(ex.chunk(data[i : i + 7]) for i in range(0, len(data), 7)) + ex.end()
     usage_event = next(e for e in data.split(b"\n\n") if b'"choices":[]' in e) + b"\n\n"
     assert out == without_usage_null(data.replace(usage_event, b""))
+
+
+STREAM_EVENTS = [
+    e + b"\n\n" for e in (FIXTURES / "openai_chat_stream.sse").read_bytes().split(b"\n\n") if e
+]
+# The member where Model Studio writes it, at an object's end, twice, or alone in a line.
+MEMBER_VARIANTS = [
+    lambda e: e,
+    lambda e: e.replace(b'"usage":null,', b"").replace(b"}\n\n", b',"usage":null}\n\n', 1),
+    lambda e: e.replace(b'"usage":null,', b'"usage":null,"usage":null,'),
+    lambda e: e.replace(b"\n\n", b'\n: {"usage":null}\n\n', 1),
+]
+
+
+@given(
+    variants=st.lists(st.integers(0, len(MEMBER_VARIANTS) - 1), min_size=1, max_size=9),
+    cuts=st.lists(st.integers(1, 300), max_size=12),
+    whole_events=st.booleans(),
+)
+def test_stream_filter_gives_the_same_bytes_however_the_stream_is_cut(variants, cuts, whole_events):
+    # Whole events one per chunk take the fast path; any other cut the line-by-line one.
+    events = [
+        MEMBER_VARIANTS[v](e) if b'"usage":null' in e else e
+        for v, e in zip(variants * 9, STREAM_EVENTS, strict=False)
+    ]
+    events += STREAM_EVENTS[len(events) :]
+    data = b"".join(events)
+    if whole_events:
+        chunks = events
+    else:
+        bounds = sorted({min(c * 7, len(data)) for c in cuts} | {0, len(data)})
+        chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]
+    rec, sink = recorder()
+    ex = rec.begin("POST", CHAT, headers(), b'{"model":"qwen-flash","stream":true}')
+    ex.response(200, [("content-type", "text/event-stream")])
+    out = b"".join(ex.chunk(c) for c in chunks) + ex.end()
+    usage_event = next(e for e in events if b'"choices":[]' in e)
+    assert out == without_usage_null(data.replace(usage_event, b""))
+    [event] = sink
+    assert (event.outcome, event.input_tokens, event.output_tokens) == ("ok", 58, 9)
+
+
+@given(
+    st.lists(
+        st.lists(st.sampled_from([b'"usage":null', b",", b"x", b'"', b"{}"]), max_size=8).map(
+            lambda parts: b"data: " + b"".join(parts) + b"\n\n"
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_usage_null_members_go_however_commas_sit(events):
+    rec, _ = recorder()
+    ex = rec.begin("POST", CHAT, headers(), b'{"model":"qwen-flash","stream":true}')
+    ex.response(200, [("content-type", "text/event-stream")])
+    assert b"".join(ex.chunk(e) for e in events) + ex.end() == without_usage_null(b"".join(events))
 
 
 def test_caller_asked_for_usage_gets_it():
