@@ -269,12 +269,12 @@ def refresh(
         adjustments = rebuild_adjustments(con, plan, closed, tz) if closed else 0
         if count != _rolled_up_calls(con):
             days = sorted({*days, *_recount_open_days(con, plan, tz, open_only)})
-        for key, value in (
-            ("settings_hash", digest),
-            ("watermark", (newest or datetime(1970, 1, 1, tzinfo=UTC)).isoformat()),
-            ("events", str(count)),
-        ):
-            con.execute("INSERT OR REPLACE INTO rollup_state VALUES (?, ?)", [key, value])
+        con.execute(
+            "INSERT OR REPLACE INTO rollup_state VALUES (?, ?), (?, ?), (?, ?)",
+            ["settings_hash", digest,
+             "watermark", (newest or datetime(1970, 1, 1, tzinfo=UTC)).isoformat(),
+             "events", str(count)],
+        )  # fmt: skip
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
