@@ -63,7 +63,7 @@ _KEYS = {"fingerprint": "VARCHAR", "workspace_id": "VARCHAR"}
 _WORKSPACES = {"id": "VARCHAR", "region": "VARCHAR", "default_scenario": "VARCHAR"}
 _PRICES = {
     "region": "VARCHAR", "name": "VARCHAR", "currency": "VARCHAR", "omni": "BOOLEAN",
-    "period_lo": "INTEGER", "period_hi": "INTEGER", "bucket_lo": "INTEGER", "bucket_hi": "INTEGER",
+    "period": "INTEGER", "bucket": "INTEGER",
     **{name: "DECIMAL(38, 10)" for name in RATE_NAMES},
 }  # fmt: skip
 _DISCOUNTS = {
@@ -107,9 +107,11 @@ def prepare(
             # Beyond the last bound the last tier still prices the call.
             high = _NO_END if tier is row.tiers[-1] or tier.up_to is None else tier.up_to
             r = rates(row, tier)
-            values.append((region, name, row.currency, row.modalities is not None,
-                           period(lo), period(hi), bucket(low), bucket(high),
-                           *[r[n] for n in RATE_NAMES]))  # fmt: skip
+            # One row per (period, bucket) it prices: the join is then on equalities only.
+            for p in range(period(lo), min(period(hi), len(boundaries) + 1)):
+                for b in range(bucket(low), min(bucket(high), len(bounds) + 1)):
+                    values.append((region, name, row.currency, row.modalities is not None, p, b,
+                                   *[r[n] for n in RATE_NAMES]))  # fmt: skip
             low = high
     if load:
         _table(con, "_cs_prices", _PRICES, values)
@@ -321,8 +323,7 @@ def priced_select(
         END AS cost_micro
         FROM b AS a LEFT JOIN _cs_prices p
           ON p.region = a.reg AND p.name = a.model
-         AND a.period >= p.period_lo AND a.period < p.period_hi
-         AND a.bucket >= p.bucket_lo AND a.bucket < p.bucket_hi
+         AND p.period = a.period AND p.bucket = a.bucket
     )
     SELECT day, ws AS workspace_id, scn AS scenario, model, reg AS region,
            coalesce(p_currency, CASE reg {currency_case} ELSE 'USD' END) AS currency,
