@@ -528,3 +528,29 @@ def test_reattribution_moves_cost_without_changing_the_total(tmp_path_factory, e
         after_rows = rollup.spend_rows(con, moved, date(2026, 3, 1), date(2026, 4, 1))
     assert _totals(after_rows) == before
     assert {r.workspace_id for r in after_rows} <= {"ws-alpha", "ws-china"}
+
+
+def test_m006_fills_close_coverage_for_closes_made_before_it(tmp_path):
+    import duckdb
+
+    from costsplit.migrations import MIGRATIONS, m006_close_coverage
+
+    con = duckdb.connect(str(tmp_path / "old.duckdb"))
+    for migration in MIGRATIONS[: MIGRATIONS.index(m006_close_coverage)]:
+        migration(con)
+    insert_events(con, [call(scenario="before"), call(scenario="after")])
+    con.execute(
+        "UPDATE events SET ingested_at = TIMESTAMPTZ '2026-04-01 10:00:00+00' "
+        "WHERE scenario = 'before'"
+    )
+    con.execute(
+        "UPDATE events SET ingested_at = TIMESTAMPTZ '2026-04-03 10:00:00+00' "
+        "WHERE scenario = 'after'"
+    )
+    con.execute("INSERT INTO period_close VALUES ('2026-03', '2026-04-02 00:00:00+00', '')")
+    m006_close_coverage(con)
+    # The old rule: what was ingested up to the close is frozen; the rest is carried over.
+    assert con.execute(
+        "SELECT closed_month, event_month, epoch(ingested_at)::BIGINT, events FROM close_coverage"
+    ).fetchall() == [("2026-03", "2026-03", 1775037600, 1)]
+    con.close()
