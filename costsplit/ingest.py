@@ -78,7 +78,7 @@ _FAST_INSERT = f"""
         WHERE events.event_id BETWEEN batch.low AND batch.high
     ),
     known AS (SELECT count(*) AS n FROM lines SEMI JOIN seen USING (event_id))
-    SELECT {_NAMES} FROM lines ANTI JOIN seen USING (event_id)
+    SELECT {_NAMES} FROM lines WHERE event_id NOT IN (SELECT event_id FROM seen)
     UNION ALL
     SELECT {_BATCH_ROW} FROM (
         SELECT CASE
