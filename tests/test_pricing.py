@@ -303,7 +303,7 @@ def _totals(rows, key=lambda r: ()):
 
 
 @hsettings(
-    max_examples=30,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
