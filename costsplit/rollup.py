@@ -14,7 +14,9 @@ adjustment rows in the first month still open after them (see ``costsplit.period
 
 Late commits. ``ingested_at`` is the *start* of the ingest transaction, so a transaction that
 began before a refresh and committed after it carries an ``ingested_at`` at or below that
-refresh's watermark and is not in the next refresh's new events. Two checks catch it:
+refresh's watermark and is not in the next refresh's new events. A refresh sees one by
+counting: the events are the previous refresh's count plus those newer than its watermark,
+unless a late commit landed (events are never deleted). Only then do two checks run:
   * the margin (``LATE_COMMIT_MARGIN``, 5 minutes): the next refresh re-counts every open day
     holding an event ingested less than 5 minutes before its watermark and recomputes a day
     whose event count differs from its rolled-up calls. This catches cheaply any transaction
@@ -197,13 +199,6 @@ def _event_count(con: duckdb.DuckDBPyConnection) -> int:
     return con.execute("SELECT count(*) FROM events").fetchone()[0]
 
 
-def _newest_since(con: duckdb.DuckDBPyConnection, watermark: datetime) -> datetime | None:
-    # Filtered on ingested_at, the scan skips the row groups older than the watermark.
-    return con.execute(
-        "SELECT max(ingested_at) FROM events WHERE ingested_at > ?", [watermark]
-    ).fetchone()[0]
-
-
 def last_ingested_at(con: duckdb.DuckDBPyConnection) -> datetime | None:
     """When the newest event reached the database (None for an empty one)."""
     return con.execute("SELECT max(ingested_at) FROM events").fetchone()[0]
@@ -250,9 +245,19 @@ def refresh(
     # One transaction is one snapshot: what it reads as newest is exactly what it rolls up.
     con.execute("BEGIN TRANSACTION")
     try:
-        newest = last_ingested_at(con) if watermark is None else _newest_since(con, watermark)
+        if watermark is None:
+            newest, count, late = last_ingested_at(con), _event_count(con), True
+        else:
+            # Filtered on ingested_at, the scan skips the row groups older than the watermark.
+            count, newest, new = con.execute(
+                "SELECT (SELECT count(*) FROM events), max(ingested_at), count(*) FROM events "
+                "WHERE ingested_at > ?",
+                [watermark],
+            ).fetchone()
+            # Events are never deleted, so the previous snapshot's count plus the events newer
+            # than its watermark is every event unless a late commit landed at or below it.
+            late = "events" not in state or count != int(state["events"]) + new
         newest = newest or watermark
-        count = _event_count(con)
         closed = dict(con.execute("SELECT month, closed_at FROM period_close").fetchall())
         open_only = f"NOT ({_closed_filter(closed, tz)})"
         plan = prepare(con, settings, book, digest)
@@ -263,11 +268,12 @@ def refresh(
             ).fetchone()[0]
             days = [d for (d,) in con.execute("SELECT DISTINCT day FROM daily_spend").fetchall()]
         else:
-            days, rows = _add_new_events(con, plan, tz, watermark, open_only)
-            days |= _recompute_late_commits(con, plan, tz, watermark, open_only)
+            days, rows = _add_new_events(con, plan, tz, watermark, open_only) if new else (set(), 0)
+            if late:
+                days |= _recompute_late_commits(con, plan, tz, watermark, open_only)
             days = sorted(days)
         adjustments = rebuild_adjustments(con, plan, closed, tz) if closed else 0
-        if count != _rolled_up_calls(con):
+        if late and count != _rolled_up_calls(con):
             days = sorted({*days, *_recount_open_days(con, plan, tz, open_only)})
         con.execute(
             "INSERT OR REPLACE INTO rollup_state VALUES (?, ?), (?, ?), (?, ?)",
@@ -300,21 +306,21 @@ def _add_new_events(
     days = {d for (d,) in con.execute("SELECT DISTINCT day FROM _cs_delta").fetchall()}
     if not days:
         return days, 0
-    keys = "day, workspace_id, scenario, model, region, currency, is_adjustment, adjustment_of"
+    # One MERGE adds each delta row to its stored row (or inserts it): every column is a sum.
+    keys = " AND ".join(
+        f"s.{k} = d.{k}"
+        for k in ("day", "workspace_id", "scenario", "model", "region", "currency",
+                  "is_adjustment", "adjustment_of")
+    )  # fmt: skip
     sums = ", ".join(
-        f"sum({c}) AS {c}" for c in (*_SPEND_FIELDS, "cost", "unpriced_calls", "unpriced_tokens")
+        f"{c} = s.{c} + d.{c}"
+        for c in (*_SPEND_FIELDS, "cost", "unpriced_calls", "unpriced_tokens")
     )
-    in_days = f"day IN ({', '.join('?' * len(days))})"
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _cs_merged AS
-            SELECT {keys}, {sums} FROM (
-                SELECT * FROM daily_spend WHERE NOT is_adjustment AND {in_days}
-                UNION ALL SELECT * FROM _cs_delta
-            ) GROUP BY {keys}""",
-        sorted(days),
-    )
-    con.execute(f"DELETE FROM daily_spend WHERE NOT is_adjustment AND {in_days}", sorted(days))
-    rows = con.execute("INSERT INTO daily_spend SELECT * FROM _cs_merged").fetchone()[0]
+    rows = con.execute(
+        f"""MERGE INTO daily_spend s USING _cs_delta d ON {keys}
+            WHEN MATCHED THEN UPDATE SET {sums}
+            WHEN NOT MATCHED THEN INSERT *"""
+    ).fetchone()[0]
     return days, rows
 
 
