@@ -275,17 +275,32 @@ def refresh(
         adjustments = rebuild_adjustments(con, plan, closed, tz) if closed else 0
         if late and count != _rolled_up_calls(con):
             days = sorted({*days, *_recount_open_days(con, plan, tz, open_only)})
-        con.execute(
-            "INSERT OR REPLACE INTO rollup_state VALUES (?, ?), (?, ?), (?, ?)",
-            ["settings_hash", digest,
-             "watermark", (newest or datetime(1970, 1, 1, tzinfo=UTC)).isoformat(),
-             "events", str(count)],
-        )  # fmt: skip
+        _save_state(con, state, digest, newest or datetime(1970, 1, 1, tzinfo=UTC), count)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     return RollupResult(len(days), watermark is None, rows, adjustments)
+
+
+def _save_state(
+    con: duckdb.DuckDBPyConnection, state: dict, digest: str, watermark: datetime, count: int
+) -> None:
+    values = [digest, watermark.isoformat(), str(count)]
+    if state.keys() >= {"settings_hash", "watermark", "events"}:  # an UPDATE costs half an upsert
+        updated = con.execute(
+            "UPDATE rollup_state SET value = CASE key WHEN 'settings_hash' THEN ? "
+            "WHEN 'watermark' THEN ? ELSE ? END "
+            "WHERE key IN ('settings_hash', 'watermark', 'events')",
+            values,
+        ).fetchone()[0]
+        if updated == 3:
+            return
+    con.execute(
+        "INSERT OR REPLACE INTO rollup_state VALUES "
+        "('settings_hash', ?), ('watermark', ?), ('events', ?)",
+        values,
+    )
 
 
 def _add_new_events(
@@ -302,10 +317,6 @@ def _add_new_events(
     events alone.
     """
     where = f"ingested_at > {ts(watermark)} AND {open_only}"
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_delta AS {priced_select(plan, where, tz)}")
-    days = {d for (d,) in con.execute("SELECT DISTINCT day FROM _cs_delta").fetchall()}
-    if not days:
-        return days, 0
     # One MERGE adds each delta row to its stored row (or inserts it): every column is a sum.
     keys = " AND ".join(
         f"s.{k} = d.{k}"
@@ -316,12 +327,15 @@ def _add_new_events(
         f"{c} = s.{c} + d.{c}"
         for c in (*_SPEND_FIELDS, "cost", "unpriced_calls", "unpriced_tokens")
     )
-    rows = con.execute(
+    # Priced into a table first: MERGE over the SELECT itself plans and runs slower.
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_delta AS {priced_select(plan, where, tz)}")
+    written = con.execute(
         f"""MERGE INTO daily_spend s USING _cs_delta d ON {keys}
             WHEN MATCHED THEN UPDATE SET {sums}
-            WHEN NOT MATCHED THEN INSERT *"""
-    ).fetchone()[0]
-    return days, rows
+            WHEN NOT MATCHED THEN INSERT *
+            RETURNING day"""
+    ).fetchall()
+    return {d for (d,) in written}, len(written)
 
 
 def _recompute_late_commits(
