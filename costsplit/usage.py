@@ -146,6 +146,21 @@ def normalise_usage(raw: Any, endpoint: str = "chat") -> Usage | None:
     usage.plugins = plugins
     if _PLAIN_USAGE_KEYS.issuperset(raw):
         return usage.consistent()  # the common case: totals only, no subsets to look for
+    if _ONE_STYLE_COMPATIBLE.issuperset(raw) or _ONE_STYLE_NATIVE.issuperset(raw):
+        # Details of one API style only: every subset has a single source, so read just the
+        # keys present (the full lookup below costs about 50 dict reads).
+        for name in raw:
+            fields = _DETAIL_FIELDS.get(name)
+            details = raw[name]
+            if fields is None or not isinstance(details, dict):
+                continue
+            for key, value in details.items():
+                field = fields.get(key)
+                if field == "cache_type":
+                    usage.cache_type = _text(value)
+                elif field is not None:
+                    setattr(usage, field, _count(value) or 0)
+        return usage.consistent()
     prompt = _dict(get("prompt_tokens_details"))
     input_details = _dict(get("input_tokens_details"))
     completion = _dict(get("completion_tokens_details"))
@@ -197,6 +212,25 @@ _PLAIN_USAGE_KEYS = frozenset(
         "plugins",
     }
 )
+
+_INPUT_DETAILS = {
+    "cached_tokens": "cached_tokens",
+    "cache_creation_input_tokens": "cache_creation_tokens",
+    "cache_type": "cache_type",
+    "image_tokens": "image_tokens",
+    "audio_tokens": "audio_tokens",
+    "video_tokens": "video_tokens",
+}
+_OUTPUT_DETAILS = {"reasoning_tokens": "reasoning_tokens", "audio_tokens": "audio_output_tokens"}
+# Details object → (its key → the Usage field it fills).
+_DETAIL_FIELDS = {
+    "prompt_tokens_details": _INPUT_DETAILS,
+    "input_tokens_details": _INPUT_DETAILS,
+    "completion_tokens_details": _OUTPUT_DETAILS,
+    "output_tokens_details": _OUTPUT_DETAILS,
+}
+_ONE_STYLE_COMPATIBLE = _PLAIN_USAGE_KEYS | {"prompt_tokens_details", "completion_tokens_details"}
+_ONE_STYLE_NATIVE = _PLAIN_USAGE_KEYS | {"input_tokens_details", "output_tokens_details"}
 
 
 def _plugins(raw: Any) -> dict[str, int]:

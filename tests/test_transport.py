@@ -438,3 +438,18 @@ def test_no_key_in_spool_or_database(simulator):
             assert key.encode() not in haystack and middle not in haystack
     hints = {value for row in rows for value in row if isinstance(value, str) and value[:1] == "…"}
     assert hints == {"…" + key[-4:] for key in keys}
+
+
+def test_header_items_decode_as_httpx_does():
+    from costsplit.transport import header_items
+
+    for lib in (httpx, httpx2):
+        plain = lib.Headers({"Authorization": "Bearer k", "X-Costsplit-Scenario": "nightly"})
+        assert header_items(plain) == [
+            ("authorization", "Bearer k"),
+            ("x-costsplit-scenario", "nightly"),
+        ]
+        utf8 = lib.Headers([(b"X-Costsplit-Scenario", "résumé".encode())])
+        assert header_items(utf8) == [("x-costsplit-scenario", "résumé")]
+        latin1 = lib.Headers([(b"X-Costsplit-Tag-Team", "é".encode("latin-1"))])
+        assert header_items(latin1) == [("x-costsplit-tag-team", "é")]

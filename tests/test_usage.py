@@ -306,3 +306,25 @@ def test_truncated_fixture_streams(cut, name):
     facts = parse_stream(data, style)
     assert consistent(facts.usage)
     assert not facts.done or cut >= len(fixture(name)) - 20
+
+
+def test_details_of_one_style_read_key_by_key_as_the_full_lookup():
+    compatible = {
+        "prompt_tokens": 900,
+        "completion_tokens": 300,
+        "total_tokens": 1200,
+        "prompt_tokens_details": {"cached_tokens": 256, "audio_tokens": 40, "text_tokens": 860},
+        "completion_tokens_details": {"reasoning_tokens": 200, "audio_tokens": True},
+    }
+    assert normalise_usage(compatible) == Usage(
+        900, 300, 1200, cached_tokens=256, audio_tokens=40, reasoning_tokens=200
+    )
+    native = {
+        "input_tokens": 1000,
+        "output_tokens": 20,
+        "input_tokens_details": {"image_tokens": 800, "cache_type": "ephemeral", "x": 1},
+        "output_tokens_details": "junk",
+    }
+    assert normalise_usage(native) == Usage(
+        1000, 20, 1020, image_tokens=800, cache_type="ephemeral"
+    )
