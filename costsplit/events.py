@@ -16,6 +16,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -207,3 +209,33 @@ def utc_timestamp(unix_seconds: float | None = None) -> str:
         text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         _last_second = (second, text)
     return f"{text}.{micros:06d}Z"
+
+
+def event_builder(*names: str) -> Callable[..., UsageEvent]:
+    """A function building a ``UsageEvent`` from the fields ``names``, given positionally;
+    every other field takes its default (a new id, fresh empty dicts).
+
+    The same event as ``UsageEvent(**dict(zip(names, values)))`` in about a quarter of the
+    time: the dataclass's keyword-only ``__init__`` matching keywords and filling 20-odd
+    defaults cost more than a microsecond, and a recorder builds an event per call. Generated
+    from the dataclass's fields, as ``dataclasses`` generates ``__init__``.
+    """
+    fields = {field.name: field for field in dataclasses.fields(UsageEvent)}
+    unknown = set(names) - set(fields)
+    if unknown or len(set(names)) != len(names):
+        raise TypeError(f"event_builder: unknown or repeated fields {sorted(unknown) or names}")
+    lines = [f"def build({', '.join(names)}):", "    event = _new(UsageEvent)"]
+    defaults: dict[str, Any] = {"_new": object.__new__, "UsageEvent": UsageEvent}
+    for name, field in fields.items():
+        if name in names:
+            value = name
+        elif field.default_factory is not dataclasses.MISSING:
+            value = f"_factory_{name}()"
+            defaults[f"_factory_{name}"] = field.default_factory
+        else:
+            value = f"_default_{name}"
+            defaults[f"_default_{name}"] = field.default
+        lines.append(f"    event.{name} = {value}")
+    lines.append("    return event")
+    exec("\n".join(lines), defaults)
+    return defaults["build"]

@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -126,3 +127,23 @@ def test_a_forked_child_draws_other_event_ids_than_its_parent():
     assert len(child) == 50
     # The time prefix may be shared; the 74 random bits must not be.
     assert not {i[14:] for i in child} & {i[14:] for i in parent}
+
+
+def test_event_builder_makes_the_keyword_event():
+    from costsplit.events import event_builder
+
+    build = event_builder("started_at", "host", "tags", "streamed")
+    built = build("2026-10-01T04:00:00.000001Z", "dashscope.aliyuncs.com", {"team": "a"}, True)
+    expected = UsageEvent(
+        event_id=built.event_id,
+        started_at="2026-10-01T04:00:00.000001Z",
+        host="dashscope.aliyuncs.com",
+        tags={"team": "a"},
+        streamed=True,
+    )
+    assert built == expected
+    assert built.to_json_line() == expected.to_json_line()
+    other = build("", "", {}, False)
+    assert other.event_id != built.event_id and other.plugins is not built.plugins
+    with pytest.raises(TypeError):
+        event_builder("host", "no_such_field")
