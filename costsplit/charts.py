@@ -48,7 +48,8 @@ def svg_bars(chart: Chart) -> SvgChart:
     slot = plot_w / max(len(chart.days), 1)
     bars = []
     for n, (day, amount) in enumerate(zip(chart.days, chart.amounts, strict=True)):
-        h = float(amount / top) * plot_h if top else 0.0
+        share = amount / top if top else 0  # Decimal; only the pixel height becomes a float
+        h = float(share) * plot_h
         bars.append(
             Bar(
                 x=round(LEFT + n * slot + slot * 0.15, 1),

