@@ -32,14 +32,9 @@ from costsplit.money import format_amount
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "reports"
 
-CSV_COLUMNS = (
-    "month",
-    "workspace_id",
-    "workspace_name",
-    "cost_centre",
-    "scenario",
-    "model",
-    "currency",
+# The finance CSV: a row per group of CSV_KEYS with the CSV_SUMS, then totals lines.
+CSV_KEYS = ("workspace_id", "workspace_name", "cost_centre", "scenario", "model", "currency")
+CSV_SUMS = (
     "calls",
     "ok_calls",
     "failed_calls",
@@ -52,6 +47,7 @@ CSV_COLUMNS = (
     "unpriced_calls",
     "unpriced_tokens",
 )
+CSV_COLUMNS = ("month", *CSV_KEYS, *CSV_SUMS)
 
 
 def environment(settings: Settings) -> jinja2.Environment:
@@ -109,20 +105,7 @@ def _name(report) -> str:
 
 def monthly_csv(rows, month: str) -> str:
     """Finance CSV: one row per workspace × scenario × model × currency, then totals lines."""
-    keys = ("workspace_id", "workspace_name", "cost_centre", "scenario", "model", "currency")
-    sums = (
-        "calls",
-        "ok_calls",
-        "failed_calls",
-        "denied_calls",
-        "input_tokens",
-        "output_tokens",
-        "cached_tokens",
-        "reasoning_tokens",
-        "cost",
-        "unpriced_calls",
-        "unpriced_tokens",
-    )
+    keys, sums = CSV_KEYS, CSV_SUMS
     groups: dict[tuple, dict[str, object]] = defaultdict(lambda: defaultdict(int))
     for row in rows:
         group = groups[tuple(getattr(row, k) or "" for k in keys)]

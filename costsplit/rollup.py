@@ -367,12 +367,20 @@ def _recompute_late_commits(
         "GROUP BY day", suspects,
     ).fetchall())  # fmt: skip
     bad = sorted(d for d in suspects if counted.get(d, 0) != rolled.get(d, 0))
-    if bad:
-        marks = ", ".join("?" * len(bad))
-        con.execute(f"DELETE FROM daily_spend WHERE NOT is_adjustment AND day IN ({marks})", bad)
-        where = f"({_days_filter(bad, tz)}) AND {open_only}"
-        con.execute(f"INSERT INTO daily_spend {priced_select(plan, where, tz)}")
+    _recompute_days(con, plan, tz, open_only, bad)
     return set(bad)
+
+
+def _recompute_days(
+    con: duckdb.DuckDBPyConnection, plan: PricingPlan, tz: ZoneInfo, open_only: str, days: list
+) -> None:
+    """Replace the rolled-up rows of ``days`` (open months only) by a fresh pricing pass."""
+    if not days:
+        return
+    marks = ", ".join("?" * len(days))
+    con.execute(f"DELETE FROM daily_spend WHERE NOT is_adjustment AND day IN ({marks})", days)
+    where = f"({_days_filter(days, tz)}) AND {open_only}"
+    con.execute(f"INSERT INTO daily_spend {priced_select(plan, where, tz)}")
 
 
 def _rolled_up_calls(con: duckdb.DuckDBPyConnection) -> int:
@@ -399,11 +407,7 @@ def _recount_open_days(
         "SELECT day, sum(calls) FROM daily_spend WHERE NOT is_adjustment GROUP BY day"
     ).fetchall())  # fmt: skip
     bad = sorted(d for d in counted.keys() | rolled.keys() if counted.get(d) != rolled.get(d))
-    if bad:
-        marks = ", ".join("?" * len(bad))
-        con.execute(f"DELETE FROM daily_spend WHERE NOT is_adjustment AND day IN ({marks})", bad)
-        where = f"({_days_filter(bad, tz)}) AND {open_only}"
-        con.execute(f"INSERT INTO daily_spend {priced_select(plan, where, tz)}")
+    _recompute_days(con, plan, tz, open_only, bad)
     return set(bad)
 
 
