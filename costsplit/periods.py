@@ -31,6 +31,7 @@ from costsplit.rollup import (
     day_bounds,
     exact,
     first_open_after,
+    folded,
     month_bounds,
     period_status,
     rebuild_adjustments,
@@ -112,8 +113,8 @@ def close_month(
                     WHERE {where} GROUP BY ingested_at""",
                 [month, event_month],
             )
-        con.execute(
-            "INSERT INTO closed_spend SELECT * FROM daily_spend WHERE day >= ? AND day < ?",
+        con.execute(  # one row per key in the snapshot (daily_spend may hold appended rows)
+            f"INSERT INTO closed_spend BY NAME {folded('daily_spend', 'day >= ? AND day < ?')}",
             [first, nxt],
         )
         con.execute("DELETE FROM daily_spend WHERE day >= ? AND day < ?", [first, nxt])

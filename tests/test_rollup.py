@@ -325,6 +325,35 @@ def test_refresh_adds_only_new_events_and_rerunning_changes_nothing(tmp_path):
         assert rollup.last_ingested_at(con) is not None
 
 
+def test_new_events_rows_are_appended_then_folded(tmp_path, monkeypatch):
+    monkeypatch.setattr(rollup, "FOLD_AFTER_ROWS", 2)
+
+    def stored(con):
+        return con.execute(
+            "SELECT scenario, calls, input_tokens FROM daily_spend ORDER BY ALL"
+        ).fetchall()
+
+    def read(con):
+        rows = rollup.spend_rows(con, SETTINGS, date(2026, 3, 1), date(2026, 4, 1))
+        return [(r.scenario, r.calls, r.input_tokens, r.cost) for r in rows]
+
+    with connect(tmp_path / "costsplit.duckdb") as con:
+        insert_events(con, [call(input_tokens=1000)])
+        rollup.refresh(con, SETTINGS)
+        insert_events(con, [call(input_tokens=2000)])
+        assert rollup.refresh(con, SETTINGS) == rollup.RollupResult(1, False, 1, 0)
+        # The new event's row sits beside the stored one and reads as one row.
+        assert stored(con) == [("chat", 1, 1000), ("chat", 1, 2000)]
+        assert read(con) == [("chat", 2, 3000, Decimal("0.0012"))]
+        insert_events(con, [call(input_tokens=4000), call(input_tokens=8000, scenario="qa")])
+        rollup.refresh(con, SETTINGS)  # 3 rows appended since the full refresh: folded
+        assert stored(con) == [("chat", 3, 7000), ("qa", 1, 8000)]
+        assert read(con) == [
+            ("chat", 3, 7000, Decimal("0.0028")),
+            ("qa", 1, 8000, Decimal("0.0032")),
+        ]
+
+
 def test_a_late_commit_below_the_watermark_is_caught(tmp_path):
     with connect(tmp_path / "costsplit.duckdb") as con:
         insert_events(con, [call(input_tokens=1000)])
