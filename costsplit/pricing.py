@@ -9,6 +9,12 @@ attributed, joined to its price row and tier, and costed with DECIMAL rates. The
 sum equals the per-call sum to the last digit, and the 10M-row pass is a plain integer
 GROUP BY.
 
+The billing rules below are applied once, when the prices are loaded: ``_cs_rates`` holds, per
+price row, tier bucket, price period and billing case (the six case bits of a group's key), one
+rate per token class, so a group's cost is a plain sum of token counts times rates. Written as
+one CASE per call kind in the pricing statement, the rules made DuckDB spend about a third more
+time planning it, which is most of the cost of an incremental refresh.
+
 Billing rules (reference §7.1), with the rates from ``costsplit.pricebook.rates``:
   * explicit-cache call (``cache_creation_tokens > 0`` or ``cache_type = 'ephemeral'``, as
     the provider reported it): uncached input at the input price, cached tokens at
@@ -47,6 +53,16 @@ RATE_NAMES = (
     "batch_out_audio", "batch_image_rate",
 )  # fmt: skip
 _NO_END = 2**62
+# A group key's low bits: the billing case, then outcome, estimate and usage flags.
+BATCH, PLAN, THINKING, EXPLICIT, MULTIMODAL, AUDIO_OUT = 1, 2, 4, 8, 16, 32
+_CASES = 64  # every combination of the six billing-case bits
+# Token classes (the group's sums) and their rate in ``_cs_rates``: cost = Σ tokens × rate.
+TOKEN_RATES = {
+    "input_tokens": "r_input", "cached_tokens": "r_cached",
+    "cache_creation_tokens": "r_cache_creation", "output_tokens": "r_output",
+    "audio_tokens": "r_audio", "image_tokens": "r_image", "video_tokens": "r_video",
+    "audio_output_tokens": "r_audio_output", "image_count": "r_image_count",
+}  # fmt: skip
 _BUCKET_SHIFT = 11  # bits of a group's key below its tier bucket (see priced_select)
 
 
@@ -65,6 +81,11 @@ _PRICES = {
     "region": "VARCHAR", "name": "VARCHAR", "currency": "VARCHAR", "omni": "BOOLEAN",
     "period": "INTEGER", "bucket": "INTEGER",
     **{name: "DECIMAL(38, 10)" for name in RATE_NAMES},
+}  # fmt: skip
+_RATES = {
+    "region": "VARCHAR", "name": "VARCHAR", "currency": "VARCHAR", "period": "INTEGER",
+    "bucket": "INTEGER", "billing": "INTEGER",
+    **{name: "DECIMAL(38, 10)" for name in TOKEN_RATES.values()},
 }  # fmt: skip
 _DISCOUNTS = {
     "kind": "INTEGER", "workspace": "VARCHAR", "model": "VARCHAR", "period_lo": "INTEGER",
@@ -126,9 +147,49 @@ def prepare(
         for model in (sorted(names_of.get(d.model, {d.model})) if d.model else [""])
     ]  # fmt: skip
     _table(con, "_cs_disc", _DISCOUNTS, disc)
+    _table(con, "_cs_rates", _RATES, [])
+    con.execute(f"INSERT INTO _cs_rates {_RATES_SELECT}")
     # The digest rides on the table as its comment: rolled back with it, read in one lookup.
     con.execute(f"COMMENT ON TABLE _cs_prices IS '{digest}'")
     return plan
+
+
+# The billing rules, per price row and billing case (see the module docstring): each token
+# class's rate. The cached, creation and modality rates are differences from the plain input
+# rate, as those tokens are also counted in input_tokens.
+_RATES_SELECT = f"""
+    WITH c AS (
+        SELECT p.*, billing::INTEGER AS billing,
+               (billing & {BATCH}) > 0 AS batch, (billing & {PLAN}) > 0 AS plan,
+               (billing & {THINKING}) > 0 AS thinking, (billing & {EXPLICIT}) > 0 AS explicit,
+               (billing & {MULTIMODAL}) > 0 AS multimodal,
+               (billing & {AUDIO_OUT}) > 0 AS audio_out
+        FROM _cs_prices p, range({_CASES}) t(billing)
+    )
+    SELECT region, name, currency, period, bucket, billing,
+        CASE WHEN plan THEN 0 WHEN omni AND batch THEN batch_in_text WHEN omni THEN in_text
+             WHEN batch THEN batch_in ELSE in_rate END,
+        CASE WHEN plan OR batch OR omni THEN 0 WHEN explicit THEN er_rate - in_rate
+             ELSE implicit_rate - in_rate END,
+        CASE WHEN plan OR batch OR omni OR NOT explicit THEN 0 ELSE ew_rate - in_rate END,
+        CASE WHEN plan OR (omni AND audio_out) THEN 0
+             WHEN omni AND batch AND multimodal THEN batch_out_text_when_input_multimodal
+             WHEN omni AND batch THEN batch_out_text_when_input_text_only
+             WHEN omni AND multimodal THEN out_text_when_input_multimodal
+             WHEN omni THEN out_text_when_input_text_only
+             WHEN batch AND thinking THEN batch_think WHEN batch THEN batch_out
+             WHEN thinking THEN think_rate ELSE out_rate END,
+        CASE WHEN plan OR NOT omni THEN 0 WHEN batch THEN batch_in_audio - batch_in_text
+             ELSE in_audio - in_text END,
+        CASE WHEN plan OR NOT omni THEN 0 WHEN batch THEN batch_in_image - batch_in_text
+             ELSE in_image - in_text END,
+        CASE WHEN plan OR NOT omni THEN 0 WHEN batch THEN batch_in_video - batch_in_text
+             ELSE in_video - in_text END,
+        CASE WHEN plan OR NOT omni OR NOT audio_out THEN 0 WHEN batch THEN batch_out_audio
+             ELSE out_audio END,
+        CASE WHEN plan THEN 0 WHEN batch THEN batch_image_rate ELSE image_rate END
+    FROM c
+"""
 
 
 def _loaded(con: duckdb.DuckDBPyConnection) -> str | None:
@@ -228,18 +289,7 @@ def priced_select(
         if plan.discounts
         else "1"
     )
-    output = "a.output_tokens * (CASE WHEN a.thinking THEN p.{think} ELSE p.{plain} END)"
-
-    def omni(rate: str) -> str:  # per-modality prices, ``rate`` prefixed for batch
-        return f"""
-                (a.input_tokens - a.audio_tokens - a.image_tokens - a.video_tokens)
-                * p.{rate}in_text + a.audio_tokens * p.{rate}in_audio
-                + a.image_tokens * p.{rate}in_image + a.video_tokens * p.{rate}in_video
-                + CASE
-                  WHEN a.audio_out THEN a.audio_output_tokens * p.{rate}out_audio
-                  WHEN a.multimodal THEN a.output_tokens * p.{rate}out_text_when_input_multimodal
-                  ELSE a.output_tokens * p.{rate}out_text_when_input_text_only
-                  END"""
+    cost = " + ".join(f"a.{tokens} * r.{rate}" for tokens, rate in TOKEN_RATES.items())
 
     return f"""
     WITH g AS (
@@ -248,13 +298,13 @@ def priced_select(
         -- counts, and bitwise OR costs less than overflow-checked additions.
         SELECT key_fingerprint, workspace_observed, scenario, region,
                model_requested, model_returned,
-               batch::INTEGER
-               | 2 * (billing_plan = 'plan')::INTEGER
-               | 4 * (reasoning_tokens > 0)::INTEGER
-               | 8 * (cache_creation_tokens > 0
+               {BATCH} * batch::INTEGER
+               | {PLAN} * (billing_plan = 'plan')::INTEGER
+               | {THINKING} * (reasoning_tokens > 0)::INTEGER
+               | {EXPLICIT} * (cache_creation_tokens > 0
                       OR coalesce(cache_type = 'ephemeral', false))::INTEGER
-               | 16 * (audio_tokens > 0 OR image_tokens > 0 OR video_tokens > 0)::INTEGER
-               | 32 * (audio_output_tokens > 0)::INTEGER
+               | {MULTIMODAL} * (audio_tokens > 0 OR image_tokens > 0 OR video_tokens > 0)::INTEGER
+               | {AUDIO_OUT} * (audio_output_tokens > 0)::INTEGER
                | 64 * CASE outcome WHEN 'ok' THEN 1 WHEN 'http_error' THEN 2
                       WHEN 'network_error' THEN 2 WHEN 'denied' THEN 3
                       WHEN 'denied_local' THEN 3 WHEN 'interrupted' THEN 4 ELSE 0 END
@@ -280,9 +330,7 @@ def priced_select(
                (bits >> {period_shift}) & {(1 << (day_shift - period_shift)) - 1} AS period,
                (bits >> {_BUCKET_SHIFT}) & {(1 << (period_shift - _BUCKET_SHIFT)) - 1} AS bucket,
                coalesce(k.workspace_id, nullif(g.workspace_observed, ''), 'unattributed') AS ws,
-               (bits & 1) > 0 AS batch, (bits & 2) > 0 AS plan,
-               (bits & 4) > 0 AS thinking, (bits & 8) > 0 AS explicit,
-               (bits & 16) > 0 AS multimodal, (bits & 32) > 0 AS audio_out,
+               (bits & {_CASES - 1})::INTEGER AS billing,
                CASE WHEN (bits >> 6) & 7 = 1 THEN calls ELSE 0 END AS ok_calls,
                CASE WHEN (bits >> 6) & 7 = 2 THEN calls ELSE 0 END AS failed_calls,
                CASE WHEN (bits >> 6) & 7 = 3 THEN calls ELSE 0 END AS denied_calls,
@@ -297,32 +345,12 @@ def priced_select(
                coalesce(nullif(a.region, ''), w.region, '') AS reg
         FROM a LEFT JOIN _cs_ws w ON w.id = a.ws
     ), priced AS (
-        SELECT a.*, p.currency AS p_currency,
-        CASE
-        WHEN p.name IS NULL THEN NULL
-        WHEN a.plan THEN CAST(0 AS DECIMAL(38, 16))
-        ELSE CAST((
-            CASE
-            WHEN a.batch AND p.omni THEN {omni("batch_")} + a.image_count * p.batch_image_rate
-            WHEN a.batch THEN a.input_tokens * p.batch_in
-                + {output.format(think="batch_think", plain="batch_out")}
-                + a.image_count * p.batch_image_rate
-            WHEN p.omni THEN {omni("")} + a.image_count * p.image_rate
-            WHEN a.explicit THEN
-                (a.input_tokens - a.cached_tokens - a.cache_creation_tokens) * p.in_rate
-                + a.cached_tokens * p.er_rate + a.cache_creation_tokens * p.ew_rate
-                + {output.format(think="think_rate", plain="out_rate")}
-                + a.image_count * p.image_rate
-            ELSE
-                (a.input_tokens - a.cached_tokens) * p.in_rate + a.cached_tokens * p.implicit_rate
-                + {output.format(think="think_rate", plain="out_rate")}
-                + a.image_count * p.image_rate
-            END
-        ) * {multiplier} AS DECIMAL(38, 16))
-        END AS cost_micro
-        FROM b AS a LEFT JOIN _cs_prices p
-          ON p.region = a.reg AND p.name = a.model
-         AND p.period = a.period AND p.bucket = a.bucket
+        -- NULL without a price row: unpriced, never zero.
+        SELECT a.*, r.currency AS p_currency,
+               CAST(({cost}) * {multiplier} AS DECIMAL(38, 16)) AS cost_micro
+        FROM b AS a LEFT JOIN _cs_rates r
+          ON r.region = a.reg AND r.name = a.model AND r.period = a.period
+         AND r.bucket = a.bucket AND r.billing = a.billing
     )
     SELECT day, ws AS workspace_id, scn AS scenario, model, reg AS region,
            coalesce(p_currency, CASE reg {currency_case} ELSE 'USD' END) AS currency,
