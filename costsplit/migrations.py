@@ -165,6 +165,32 @@ def m006_close_coverage(con: duckdb.DuckDBPyConnection) -> None:
             booked = f"{year + (mon == 12)}-{mon % 12 + 1:02d}"
 
 
+def m007_price_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Attribution and rates derived from the settings and price books, kept between runs.
+
+    ``costsplit.pricing.prepare`` refills them when the settings or books change (their digest
+    is ``price_rates``' comment), so a new connection prices without loading anything. One rate
+    per token class for each price row, tier bucket, price period and billing case.
+    """
+    con.execute("CREATE TABLE price_keys (fingerprint VARCHAR, workspace_id VARCHAR)")
+    con.execute(
+        "CREATE TABLE price_workspaces (id VARCHAR, region VARCHAR, default_scenario VARCHAR)"
+    )
+    rates = ", ".join(
+        f"{name} DECIMAL(38, 10)"
+        for name in ("r_input", "r_cached", "r_cache_creation", "r_output", "r_audio",
+                     "r_image", "r_video", "r_audio_output", "r_image_count")
+    )  # fmt: skip
+    con.execute(
+        "CREATE TABLE price_rates (region VARCHAR, name VARCHAR, currency VARCHAR, "
+        f"period INTEGER, bucket INTEGER, billing INTEGER, {rates})"
+    )
+    con.execute(
+        "CREATE TABLE price_discounts (kind INTEGER, workspace VARCHAR, model VARCHAR, "
+        "period_lo INTEGER, period_hi INTEGER, multiplier DECIMAL(38, 6))"
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_events,
     m002_events_ingested_at,
@@ -172,6 +198,7 @@ MIGRATIONS: list[Migration] = [
     m004_rollups,
     m005_deliveries,
     m006_close_coverage,
+    m007_price_tables,
 ]
 
 

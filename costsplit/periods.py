@@ -36,6 +36,7 @@ from costsplit.rollup import (
     period_status,
     rebuild_adjustments,
     refresh,
+    settings_hash,
     uncovered,
 )
 
@@ -97,7 +98,7 @@ def close_month(
             "WHERE NOT is_adjustment AND day >= ? AND day < ?",
             [first, nxt],
         ).fetchone()[0]
-        plan = prepare(con, settings, book)
+        plan = prepare(con, settings, book, settings_hash(settings, book.digest))
         if counted != rolled:
             con.execute(
                 "DELETE FROM daily_spend WHERE NOT is_adjustment AND day >= ? AND day < ?",
@@ -149,7 +150,7 @@ def reprice(
         )
         or "false"
     )
-    plan = prepare(con, settings, book)
+    plan = prepare(con, settings, book, settings_hash(settings, book.digest))
     # Compare only events the stored rollup has seen, so new events do not show as a change.
     state = con.execute("SELECT value FROM rollup_state WHERE key = 'watermark'").fetchone()
     seen = f"ingested_at <= {ts(datetime.fromisoformat(state[0]))}" if state else "false"

@@ -9,11 +9,13 @@ attributed, joined to its price row and tier, and costed with DECIMAL rates. The
 sum equals the per-call sum to the last digit, and the 10M-row pass is a plain integer
 GROUP BY.
 
-The billing rules below are applied once, when the prices are loaded: ``_cs_rates`` holds, per
-price row, tier bucket, price period and billing case (the six case bits of a group's key), one
-rate per token class, so a group's cost is a plain sum of token counts times rates. Written as
-one CASE per call kind in the pricing statement, the rules made DuckDB spend about a third more
-time planning it, which is most of the cost of an incremental refresh.
+The billing rules below are applied once, when the prices are loaded: ``price_rates`` holds,
+per price row, tier bucket, price period and billing case (the six case bits of a group's key),
+one rate per token class, so a group's cost is a plain sum of token counts times rates. Written
+as one CASE per call kind in the pricing statement, the rules made DuckDB spend about a third
+more time planning it, which is most of the cost of an incremental refresh. The attribution and
+price tables live in the database (``m007_price_tables``) and are refilled only when the
+settings or books change, so a new connection loads nothing.
 
 Billing rules (reference §7.1), with the rates from ``costsplit.pricebook.rates``:
   * explicit-cache call (``cache_creation_tokens > 0`` or ``cache_type = 'ephemeral'``, as
@@ -56,7 +58,7 @@ _NO_END = 2**62
 # A group key's low bits: the billing case, then outcome, estimate and usage flags.
 BATCH, PLAN, THINKING, EXPLICIT, MULTIMODAL, AUDIO_OUT = 1, 2, 4, 8, 16, 32
 _CASES = 64  # every combination of the six billing-case bits
-# Token classes (the group's sums) and their rate in ``_cs_rates``: cost = Σ tokens × rate.
+# Token classes (the group's sums) and their rate in ``price_rates``: cost = Σ tokens × rate.
 TOKEN_RATES = {
     "input_tokens": "r_input", "cached_tokens": "r_cached",
     "cache_creation_tokens": "r_cache_creation", "output_tokens": "r_output",
@@ -68,7 +70,7 @@ _BUCKET_SHIFT = 11  # bits of a group's key below its tier bucket (see priced_se
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class PricingPlan:
-    """What the SQL needs besides the temporary tables: period and tier boundaries."""
+    """What the SQL needs besides the price tables: period and tier boundaries."""
 
     boundaries: tuple[datetime, ...]  # price-book and discount dates, sorted
     bounds: tuple[int, ...]  # tier bounds (input tokens), sorted
@@ -82,11 +84,6 @@ _PRICES = {
     "period": "INTEGER", "bucket": "INTEGER",
     **{name: "DECIMAL(38, 10)" for name in RATE_NAMES},
 }  # fmt: skip
-_RATES = {
-    "region": "VARCHAR", "name": "VARCHAR", "currency": "VARCHAR", "period": "INTEGER",
-    "bucket": "INTEGER", "billing": "INTEGER",
-    **{name: "DECIMAL(38, 10)" for name in TOKEN_RATES.values()},
-}  # fmt: skip
 _DISCOUNTS = {
     "kind": "INTEGER", "workspace": "VARCHAR", "model": "VARCHAR", "period_lo": "INTEGER",
     "period_hi": "INTEGER", "multiplier": "DECIMAL(38, 6)",
@@ -96,10 +93,10 @@ _DISCOUNTS = {
 def prepare(
     con: duckdb.DuckDBPyConnection, settings: Settings, book: PriceBook, digest: str = ""
 ) -> PricingPlan:
-    """Load attribution and prices into temporary tables; return the plan for the SQL.
+    """Fill the attribution and price tables for ``settings`` and ``book``; return the plan.
 
-    The tables live as long as the connection; loading the same settings and books again
-    (same ``digest``) keeps them, and then costs one catalog lookup.
+    The tables keep what they hold between runs: with the ``digest`` (of the settings and
+    books) of what they hold, this costs one catalog lookup.
     """
     segments = book.segments()
     dates = {m for _, _, _, lo, hi in segments for m in (lo, hi)}
@@ -117,10 +114,12 @@ def prepare(
     def bucket(tokens: int) -> int:  # buckets of calls with at most ``tokens`` input tokens
         return sum(b < tokens + 1 for b in bounds) if tokens < _NO_END else len(bounds) + 1
 
+    # Cleared first, so a load that stops half way (outside a transaction) is redone.
+    con.execute("COMMENT ON TABLE price_rates IS NULL")
     keys = [(fp, w.id) for w in settings.workspaces for fp in w.key_fingerprints]
-    _table(con, "_cs_keys", _KEYS, keys)
+    _fill(con, "price_keys", _KEYS, keys)
     workspaces = [(w.id, w.region, w.default_scenario) for w in settings.workspaces]
-    _table(con, "_cs_ws", _WORKSPACES, workspaces)
+    _fill(con, "price_workspaces", _WORKSPACES, workspaces)
     values = []
     for row, region, name, lo, hi in segments:
         low = -1
@@ -134,7 +133,9 @@ def prepare(
                     values.append((region, name, row.currency, row.modalities is not None, p, b,
                                    *[r[n] for n in RATE_NAMES]))  # fmt: skip
             low = high
-    _table(con, "_cs_prices", _PRICES, values)
+    spec = ", ".join(f"{column} {kind}" for column, kind in _PRICES.items())
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_prices ({spec})")
+    _fill(con, "_cs_prices", _PRICES, values)
 
     names_of: dict[str, set[str]] = {}
     for row in book.rows:
@@ -146,11 +147,12 @@ def prepare(
         for d in book.discounts
         for model in (sorted(names_of.get(d.model, {d.model})) if d.model else [""])
     ]  # fmt: skip
-    _table(con, "_cs_disc", _DISCOUNTS, disc)
-    _table(con, "_cs_rates", _RATES, [])
-    con.execute(f"INSERT INTO _cs_rates {_RATES_SELECT}")
+    _fill(con, "price_discounts", _DISCOUNTS, disc)
+    con.execute("DELETE FROM price_rates")
+    con.execute(f"INSERT INTO price_rates {_RATES_SELECT}")
+    con.execute("DROP TABLE _cs_prices")
     # The digest rides on the table as its comment: rolled back with it, read in one lookup.
-    con.execute(f"COMMENT ON TABLE _cs_prices IS '{digest}'")
+    con.execute(f"COMMENT ON TABLE price_rates IS '{digest}'")
     return plan
 
 
@@ -195,22 +197,21 @@ _RATES_SELECT = f"""
 def _loaded(con: duckdb.DuckDBPyConnection) -> str | None:
     # Ask the catalog: a failed statement would abort the caller's transaction.
     row = con.execute(
-        "SELECT comment FROM duckdb_tables() "
-        "WHERE database_name = 'temp' AND table_name = '_cs_prices'"
+        "SELECT comment FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name = 'price_rates'"
     ).fetchone()
     return row[0] if row else None
 
 
-def _table(
+def _fill(
     con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, str], rows: list[tuple]
 ) -> None:
-    """(Re)create temporary table ``name`` holding ``rows``.
+    """Replace the rows of table ``name`` by ``rows``.
 
     The rows travel as one JSON parameter (decimals as strings, so never a float), parsed
     in DuckDB: a multi-row VALUES or executemany costs 50-1000x more here.
     """
-    spec = ", ".join(f"{column} {kind}" for column, kind in columns.items())
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} ({spec})")
+    con.execute(f"DELETE FROM {name}")
     if not rows:
         return
     shape = json.dumps([{column: kind.replace(" ", "") for column, kind in columns.items()}])
@@ -283,7 +284,7 @@ def priced_select(
     currency_case = " ".join(f"WHEN '{r}' THEN '{c}'" for r, c in REGION_CURRENCY.items())
     # The most specific discount in force (workspace+model > workspace > model), else none.
     multiplier = (
-        """coalesce((SELECT arg_max(d.multiplier, d.kind) FROM _cs_disc d
+        """coalesce((SELECT arg_max(d.multiplier, d.kind) FROM price_discounts d
             WHERE (d.workspace = '' OR d.workspace = a.ws) AND (d.model = '' OR d.model = a.model)
               AND a.period >= d.period_lo AND a.period < d.period_hi), 1)"""
         if plan.discounts
@@ -337,18 +338,18 @@ def priced_select(
                CASE WHEN (bits >> 6) & 7 = 4 THEN calls ELSE 0 END AS interrupted_calls,
                CASE WHEN (bits & 512) > 0 THEN calls ELSE 0 END AS estimated_calls,
                CASE WHEN (bits & 1024) > 0 THEN calls ELSE 0 END AS usage_calls
-        FROM g LEFT JOIN _cs_keys k ON k.fingerprint = g.key_fingerprint
+        FROM g LEFT JOIN price_keys k ON k.fingerprint = g.key_fingerprint
     ), b AS (
         SELECT a.*,
                coalesce(nullif(a.scenario, ''), nullif(w.default_scenario, ''), 'unassigned')
                    AS scn,
                coalesce(nullif(a.region, ''), w.region, '') AS reg
-        FROM a LEFT JOIN _cs_ws w ON w.id = a.ws
+        FROM a LEFT JOIN price_workspaces w ON w.id = a.ws
     ), priced AS (
         -- NULL without a price row: unpriced, never zero.
         SELECT a.*, r.currency AS p_currency,
                CAST(({cost}) * {multiplier} AS DECIMAL(38, 16)) AS cost_micro
-        FROM b AS a LEFT JOIN _cs_rates r
+        FROM b AS a LEFT JOIN price_rates r
           ON r.region = a.reg AND r.name = a.model AND r.period = a.period
          AND r.bucket = a.bucket AND r.billing = a.billing
     )

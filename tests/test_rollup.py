@@ -354,6 +354,36 @@ def test_new_events_rows_are_appended_then_folded(tmp_path, monkeypatch):
         ]
 
 
+def test_price_tables_are_kept_between_connections_and_refilled_on_a_change(tmp_path):
+    def rates_digest(con):
+        return con.execute(
+            "SELECT comment FROM duckdb_tables() WHERE table_name = 'price_rates'"
+        ).fetchone()[0]
+
+    def costs(con, settings):
+        rows = rollup.spend_rows(con, settings, date(2026, 3, 1), date(2026, 4, 1))
+        return [(r.calls, r.cost) for r in rows]
+
+    with connect(tmp_path / "costsplit.duckdb") as con:
+        insert_events(con, [call(input_tokens=1000)])
+        rollup.refresh(con, SETTINGS)
+        digest = rates_digest(con)
+        # Not a real price change: shows below that a new connection prices with the stored rates.
+        con.execute("UPDATE price_rates SET r_input = 2 * r_input")
+    with connect(tmp_path / "costsplit.duckdb") as con:
+        insert_events(con, [call(input_tokens=1000)])
+        rollup.refresh(con, SETTINGS)
+        assert rates_digest(con) == digest
+        assert costs(con, SETTINGS) == [(2, Decimal("0.0004") + Decimal("0.0008"))]
+        # A new price book refills them, and every open day is priced again.
+        row = {"model": "qwen-plus", "regions": ["ap-southeast-1"], "currency": "USD",
+               "tiers": [{"input": "0.3", "output": "1.0"}]}  # fmt: skip
+        cheaper = book(tmp_path, [row])
+        assert rollup.refresh(con, cheaper).full
+        assert rates_digest(con) != digest
+        assert costs(con, cheaper) == [(2, Decimal("0.0006"))]
+
+
 def test_a_late_commit_below_the_watermark_is_caught(tmp_path):
     with connect(tmp_path / "costsplit.duckdb") as con:
         insert_events(con, [call(input_tokens=1000)])
