@@ -3,16 +3,21 @@
 Four closed segments of 250,000 events each (as four recording processes would leave them) are
 ingested into an empty database; then the same events are spooled once more and ingested again,
 which must insert nothing and count every one as a duplicate. Prints events per second.
+``--first-format`` spools version-1 lines (every field written, as recorders before schema
+version 2 did) instead of today's lines, which leave default-valued fields out.
 
-    .venv/bin/python benchmarks/bench_ingest.py [EVENTS]
+    .venv/bin/python benchmarks/bench_ingest.py [EVENTS] [--first-format]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import orjson
 
 from costsplit.config import load_settings
 from costsplit.events import UsageEvent, new_event_id, utc_timestamp
@@ -34,11 +39,13 @@ def write_segments(spool: Path, ids: list[str], template: bytes, round_: int) ->
 
 
 def main() -> None:
-    total = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
+    args = [a for a in sys.argv[1:] if a != "--first-format"]
+    first_format = "--first-format" in sys.argv
+    total = int(args[0]) if args else 1_000_000
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         settings = load_settings(environ={"COSTSPLIT_HOME": str(home)}, cwd=home)
-        template = UsageEvent(
+        event = UsageEvent(
             event_id="00000000-0000-0000-0000-000000000000",
             started_at=utc_timestamp(),
             latency_us=812_345,
@@ -58,12 +65,20 @@ def main() -> None:
             output_tokens=300,
             total_tokens=1500,
             cached_tokens=200,
-        ).to_json_line()
+        )
+        if first_format:
+            fields = dataclasses.asdict(event) | {"schema_version": 1}
+            template = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+        else:
+            template = event.to_json_line()
         ids = [new_event_id() for _ in range(total)]
         with connect(settings.database):
             pass  # create and migrate the database outside the timing
         size = len(template) * total
-        print(f"{total:,} events, {SEGMENTS} segments, {size / 2**20:,.0f} MiB of spool")
+        print(
+            f"{total:,} events, {SEGMENTS} segments, {size / 2**20:,.0f} MiB of spool "
+            f"({len(template)}-byte lines, schema_version {1 if first_format else 2})"
+        )
         for round_, label in ((1, "first ingest (all new)"), (2, "rerun (all duplicates)")):
             write_segments(settings.spool_dir, ids, template, round_)
             started, cpu_started = time.perf_counter(), time.process_time()

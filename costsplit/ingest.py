@@ -7,12 +7,15 @@ with the new offsets. So a run killed at any moment leaves each group's rows and
 were or as they will be, and the next run does the rest; a run after a complete one finds
 nothing new. Re-ingested lines are duplicates by event id, never second rows.
 
-The fast path is one statement per group: DuckDB's ``read_ndjson`` (typed by
-``events.COLUMNS``) straight into ``events``, minus the ids the table already holds (an
-anti-join on the batch's id range, which DuckDB turns into a zone-map filter on the table).
-Anything unusual in the batch — a line that is not an event, an id repeated within the batch —
-makes that statement fail; the group is then rolled back and loaded the careful way: into a
-temporary table, file by file and, for a file that does not load, line by line.
+The fast path is one streaming statement per group: DuckDB's ``read_ndjson`` (typed by
+``events.COLUMNS``, defaults filled in for lines that leave them out) straight into
+``events``, both cores parsing and compressing. De-duplication is checked after it, in the same
+transaction: the ids in the range of the rows just added must all differ (the range prunes the
+table's old row groups by their zone maps). Anything unusual — a line that is not an event, an
+id repeated within the batch or already in the table — rolls the group back, and it is loaded
+the careful way: into a temporary table, file by file and, for a file that does not load, line
+by line, then inserted minus the ids the table holds. (Checking before inserting, in one
+statement, made the insert wait for the whole batch to be read: about half the wall time.)
 
 A segment whose writer still holds its lock is open: its torn last line (if any) waits. A
 segment whose lock is free is closed (its writer closed it or died): its torn last line is
@@ -30,7 +33,6 @@ import contextlib
 import dataclasses
 import fcntl
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -42,7 +44,7 @@ import orjson
 
 from costsplit import store
 from costsplit.config import Settings
-from costsplit.events import COLUMNS, SCHEMA_VERSION
+from costsplit.events import COLUMNS, DEFAULTS, READ_VERSIONS
 from costsplit.spool import SEGMENT_SUFFIX
 
 REJECTED_DIR = "rejected"
@@ -55,39 +57,50 @@ _READ = (
     "read_ndjson($paths, columns = $columns, format = 'newline_delimited', "
     "maximum_object_size = 16777216)"
 )
-# When the batch holds ids the table already has, the fast statement adds one more row that
-# carries their count (in ``latency_us``); it is read and deleted before commit. Only then: a
-# delete in a large insert makes DuckDB rewrite the inserted rows at commit. Its event id starts
-# with a NUL, which no recorder writes, and is random per statement.
-_BATCH_ROW = ", ".join(
-    {"event_id": "$batch_row", "latency_us": "duplicates"}.get(name, "NULL") for name in COLUMNS
+_VERSIONS = ", ".join(str(v) for v in READ_VERSIONS)
+_NOT_AN_EVENT = (
+    f"event_id IS NULL OR event_id = '' OR schema_version IS NULL "
+    f"OR schema_version NOT IN ({_VERSIONS})"
 )
+
+
+def _sql_literal(value: object, kind: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if value == {}:
+        return f"MAP {{}}::{kind}"
+    raise TypeError(f"no SQL literal for the default {value!r}")
+
+
+def _stored(name: str) -> str:
+    """The value stored for column ``name``: a version-1 line holds every field as it is; a
+    later line leaves defaults out, so an absent (or null) field takes its default."""
+    default = DEFAULTS.get(name)
+    if default is None:
+        return name
+    literal = _sql_literal(default, COLUMNS[name])
+    return f"CASE WHEN schema_version = 1 THEN {name} ELSE coalesce({name}, {literal}) END"
+
+
+# The select list that turns ``read_ndjson``'s columns (typed by ``COLUMNS``) into the stored
+# values: defaults filled in where a line left them out.
+STORED_COLUMNS = ", ".join(_stored(name) for name in COLUMNS)
+# The fast statement streams every line into ``events`` (both cores parse and compress); a line
+# that is not an event stops it. Its de-duplication is checked afterwards, inside the same
+# transaction (see ``fast_commit``).
 _FAST_INSERT = f"""
     INSERT INTO events ({_NAMES})
-    WITH lines AS MATERIALIZED (SELECT {_NAMES} FROM {_READ}),
-    batch AS (
-        SELECT count(*) AS total, count(DISTINCT event_id) AS distinct_ids,
-            min(event_id) AS low, max(event_id) AS high,
-            count(*) FILTER (
-                WHERE event_id IS NULL OR event_id = '' OR schema_version IS DISTINCT FROM $version
-            ) AS bad
-        FROM lines
-    ),
-    seen AS MATERIALIZED (
-        SELECT events.event_id FROM events, batch
-        WHERE events.event_id BETWEEN batch.low AND batch.high
-    ),
-    known AS (SELECT count(*) AS n FROM lines SEMI JOIN seen USING (event_id))
-    SELECT {_NAMES} FROM lines WHERE event_id NOT IN (SELECT event_id FROM seen)
-    UNION ALL
-    SELECT {_BATCH_ROW} FROM (
-        SELECT CASE
-            WHEN bad > 0 THEN error('costsplit: a line is not an event')
-            WHEN distinct_ids < total THEN error('costsplit: an event id repeats in the batch')
-            ELSE known.n END AS duplicates
-        FROM batch, known
+    SELECT {STORED_COLUMNS} FROM (
+        SELECT * REPLACE (
+            CASE WHEN {_NOT_AN_EVENT} THEN error('costsplit: a line is not an event')
+            ELSE event_id END AS event_id
+        )
+        FROM {_READ}
     )
-    WHERE duplicates > 0
 """
 
 
@@ -240,38 +253,67 @@ class _Run:
         files: list[tuple[_Segment, Path]],
         forget_others: list[_Segment] | None,
     ) -> tuple[bool, int, int]:
-        """Insert the group's new events and offsets in one transaction; False if unusual."""
+        """Insert the group's events and offsets in one transaction; False if unusual.
+
+        Every line is inserted by one streaming statement, then checked inside the same
+        transaction: the rows it added (this transaction's ``ingested_at``) must be exactly
+        the lines, and the ids in their range (``events`` is pruned to it by its zone maps)
+        must all differ — no id repeated within the batch or already in the table. Anything
+        else rolls the whole group back for the careful path; so does a group whose first
+        line of some file is already in the table (a re-ingest), before any work is spent.
+        """
         con = self.con
-        batch_row = f"\x00costsplit-batch-{secrets.token_hex(8)}"
+        if self.known_already(files):
+            return False, 0, 0
         con.execute("BEGIN TRANSACTION")
         try:
             try:
                 (inserted,) = con.execute(
                     _FAST_INSERT,
-                    {
-                        "paths": [str(path) for _, path in files],
-                        "columns": COLUMNS,
-                        "version": SCHEMA_VERSION,
-                        "batch_row": batch_row,
-                    },
+                    {"paths": [str(path) for _, path in files], "columns": COLUMNS},
                 ).fetchone()
             except duckdb.Error:
                 con.execute("ROLLBACK")
                 return False, 0, 0
-            ingested, duplicates = inserted, 0
-            known = con.execute(
-                "SELECT latency_us FROM events WHERE event_id = $id", {"id": batch_row}
+            added, low, high = con.execute(
+                "SELECT count(*), min(event_id), max(event_id) FROM events "
+                "WHERE ingested_at = current_timestamp"
             ).fetchone()
-            if known is not None:
-                con.execute("DELETE FROM events WHERE event_id = $id", {"id": batch_row})
-                ingested, duplicates = inserted - 1, known[0]
-            self.record(group, forget_others, ingested, duplicates)
+            repeats = 0
+            if added == inserted and inserted:
+                (repeats,) = con.execute(
+                    "SELECT count(*) - count(DISTINCT event_id) FROM events "
+                    "WHERE event_id BETWEEN $low AND $high",
+                    {"low": low, "high": high},
+                ).fetchone()
+            if added != inserted or repeats:
+                con.execute("ROLLBACK")
+                return False, 0, 0
+            self.record(group, forget_others, inserted, 0)
             con.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(duckdb.Error):
                 con.execute("ROLLBACK")
             raise
-        return True, ingested, duplicates
+        return True, inserted, 0
+
+    def known_already(self, files: list[tuple[_Segment, Path]]) -> bool:
+        """Whether the first new line of any file has an id the table holds (a cheap probe)."""
+        ids = []
+        for seg, path in files:
+            with open(path, "rb") as f:
+                f.seek(seg.start if path == seg.path else 0)
+                first = f.readline(65536)
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+                event_id = orjson.loads(first).get("event_id")
+                if isinstance(event_id, str):
+                    ids.append(event_id)
+        if not ids:
+            return False
+        (known,) = self.con.execute(
+            "SELECT count(*) FROM events WHERE event_id IN (SELECT unnest($ids))", {"ids": ids}
+        ).fetchone()
+        return known > 0
 
     # -- the careful path ----------------------------------------------------------------------
     def load(self, group: _Group, files: list[tuple[_Segment, Path]]) -> None:
@@ -301,11 +343,7 @@ class _Run:
             if direct:
                 self.con.execute("DELETE FROM batch")
             return False
-        (bad,) = self.con.execute(
-            f"SELECT count(*) FROM {target} WHERE event_id IS NULL OR event_id = '' "
-            "OR schema_version IS DISTINCT FROM $v",
-            {"v": SCHEMA_VERSION},
-        ).fetchone()
+        (bad,) = self.con.execute(f"SELECT count(*) FROM {target} WHERE {_NOT_AN_EVENT}").fetchone()
         if bad:
             self.con.execute(f"DELETE FROM {target}")
             return False
@@ -394,7 +432,7 @@ class _Run:
                 (ingested,) = con.execute(
                     f"""
                     INSERT INTO events ({_NAMES})
-                    SELECT {_NAMES} FROM batch
+                    SELECT {STORED_COLUMNS} FROM batch
                     WHERE event_id NOT IN (
                         SELECT event_id FROM events WHERE event_id BETWEEN $low AND $high
                     )
@@ -556,8 +594,8 @@ def _line_problem(raw: bytes) -> str | None:
     if not isinstance(event_id, str) or not event_id:
         return "missing event_id"
     version = value.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        return f"unknown schema_version {version!r} (this costsplit reads {SCHEMA_VERSION})"
+    if version not in READ_VERSIONS or isinstance(version, bool):
+        return f"unknown schema_version {version!r} (this costsplit reads {_VERSIONS})"
     for name, kind in COLUMNS.items():
         field = value.get(name)
         if field is not None and not _fits(field, kind):

@@ -6,10 +6,12 @@ import tempfile
 from pathlib import Path
 
 from costsplit.events import COLUMNS, UsageEvent
+from costsplit.ingest import STORED_COLUMNS
 
 
 def insert_events(con, events: list[UsageEvent]) -> None:
-    """Insert ``events`` by column name; ``ingested_at`` takes its default (now)."""
+    """Insert ``events`` by column name, defaults filled in as ingest does; ``ingested_at``
+    takes its default (now)."""
     if not events:
         return
     with tempfile.TemporaryDirectory() as folder:
@@ -17,6 +19,7 @@ def insert_events(con, events: list[UsageEvent]) -> None:
         path.write_bytes(b"".join(event.to_json_line() for event in events))
         columns = ", ".join(COLUMNS)
         con.execute(
-            f"INSERT INTO events ({columns}) SELECT {columns} FROM read_ndjson(?, columns = ?)",
+            f"INSERT INTO events ({columns}) SELECT {STORED_COLUMNS} "
+            "FROM read_ndjson(?, columns = ?)",
             [str(path), COLUMNS],
         )

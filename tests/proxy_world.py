@@ -6,9 +6,8 @@ import re
 import time
 from pathlib import Path
 
-import orjson
-
 from costsplit.config import ProxySettings, Route, Settings
+from costsplit.events import line_fields
 from costsplit.proxy import RunningProxy, run_in_thread
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -35,7 +34,7 @@ def events(settings: Settings) -> list[dict]:
     """Every event in the spool, in order of writing."""
     lines = []
     for segment in sorted(Path(settings.spool_dir).glob("*.jsonl")):
-        lines += [orjson.loads(line) for line in segment.read_bytes().splitlines() if line]
+        lines += [line_fields(line) for line in segment.read_bytes().splitlines() if line]
     return lines
 
 

@@ -1,7 +1,8 @@
-"""The usage event: its JSON line is the schema, in COLUMNS order, with no secrets."""
+"""The usage event: its JSON line holds the fields off their defaults, in COLUMNS order."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -14,23 +15,85 @@ from hypothesis import strategies as st
 
 from costsplit.events import (
     COLUMNS,
+    DEFAULTS,
     SCHEMA_VERSION,
     UsageEvent,
     fingerprint_key,
     key_hint,
+    line_fields,
     new_event_id,
     utc_timestamp,
 )
 
 
-def test_the_json_line_has_every_column_in_order_and_one_newline():
-    line = UsageEvent(event_id="e1", started_at="2026-10-01T04:00:00.000001Z").to_json_line()
+def test_the_json_line_holds_id_version_start_and_the_fields_off_their_default():
+    line = UsageEvent(
+        event_id="e1",
+        started_at="2026-10-01T04:00:00.000001Z",
+        recorder="proxy",
+        scenario="",
+        tags={"team": "a"},
+        http_status=200,
+        input_tokens=5,
+        streamed=True,
+    ).to_json_line()
+    assert line == (
+        b'{"event_id":"e1","schema_version":2,"started_at":"2026-10-01T04:00:00.000001Z",'
+        b'"recorder":"proxy","scenario":"","tags":{"team":"a"},"streamed":true,'
+        b'"http_status":200,"input_tokens":5}\n'
+    )
+
+
+def test_a_line_with_no_field_at_its_default_has_every_column_in_order():
+    event = UsageEvent(
+        event_id="e1",
+        started_at="2026-10-01T04:00:00.000001Z",
+        **{
+            name: {"tags": {"k": "v"}, "plugins": {"search": 1}}.get(
+                name,
+                True if kind == "BOOLEAN" else 7 if kind in ("SMALLINT", "BIGINT") else "x",
+            )
+            for name, kind in COLUMNS.items()
+            if name in DEFAULTS and name != "started_at"
+        },
+    )
+    line = event.to_json_line()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert list(orjson.loads(line)) == list(COLUMNS)
+    assert line_fields(line) == dataclasses.asdict(event) | {"schema_version": 2}
+
+
+def test_a_first_format_line_reads_as_it_is():
+    data = dict.fromkeys(COLUMNS, None) | {"event_id": "e1", "schema_version": 1, "tags": {}}
+    assert line_fields(orjson.dumps(data)) == data
+
+
+@given(
+    st.builds(
+        UsageEvent,
+        event_id=st.text(min_size=1),
+        started_at=st.text(),
+        first_byte_us=st.none() | st.integers(0, 2**40),
+        recorder=st.sampled_from(["client", "proxy", ""]),
+        scenario=st.none() | st.text(max_size=3),
+        tags=st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+        streamed=st.booleans(),
+        billing_plan=st.sampled_from(["payg", "plan"]),
+        http_status=st.none() | st.integers(0, 599),
+        error_code=st.text(max_size=3),
+        input_tokens=st.integers(0, 2**40),
+        cached_tokens=st.integers(0, 3),
+        plugins=st.dictionaries(st.text(max_size=3), st.integers(0, 9), max_size=2),
+    )
+)
+def test_reading_a_line_gives_back_the_event(event):
+    assert line_fields(event.to_json_line()) == dataclasses.asdict(event)
 
 
 def test_the_defaults_are_an_unanswered_call_of_the_current_schema():
-    data = orjson.loads(UsageEvent(event_id="e1").to_json_line())
+    line = UsageEvent(event_id="e1").to_json_line()
+    assert line == b'{"event_id":"e1","schema_version":2,"started_at":""}\n'
+    data = line_fields(line)
     assert data == {
         "event_id": "e1",
         "schema_version": SCHEMA_VERSION,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import random
@@ -225,7 +226,7 @@ def test_malformed_lines_are_rejected_with_their_reason(costsplit_home):
         (offsets[1], "not json", "invalid JSON (column 1)"),
         (offsets[2], bad[1][:-1].decode(), "input_tokens: 'many' is not BIGINT"),
         (offsets[5], bad[2][:-1].decode(), "missing event_id"),
-        (offsets[6], bad[3][:-1].decode(), "unknown schema_version 9 (this costsplit reads 1)"),
+        (offsets[6], bad[3][:-1].decode(), "unknown schema_version 9 (this costsplit reads 1, 2)"),
         (offsets[7], "[1, 2]", "not a JSON object but list"),
         (offsets[8], bad[5][:-1].decode(), "started_at: 'yesterday' is not TIMESTAMPTZ"),
     ]
@@ -307,6 +308,50 @@ def test_a_line_of_the_first_spool_format_is_ingested_whole(costsplit_home):
         "image_count": 0,
         "plugins": {"search": 2},
     }
+
+
+def first_format(e: UsageEvent) -> bytes:
+    """The line a version-1 recorder wrote: every field, defaults included."""
+    fields = dataclasses.asdict(e) | {"schema_version": 1}
+    return orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def stored(e: UsageEvent, version: int) -> dict:
+    fields = dataclasses.asdict(e) | {"schema_version": version}
+    return fields | {"started_at": datetime.fromisoformat(e.started_at)}
+
+
+def test_lines_of_both_formats_give_the_same_rows_in_one_batch(costsplit_home):
+    settings = settings_for(costsplit_home)
+    events = [
+        event(i, http_status=200 if i % 2 else None, streamed=i % 4 == 0, recorder="proxy")
+        for i in range(10)
+    ]
+    write_segment(settings.spool_dir, "1-1-a.jsonl", b"".join(map(first_format, events[:4])))
+    write_segment(
+        settings.spool_dir, "2-1-a.jsonl", b"".join(e.to_json_line() for e in events[4:8])
+    )
+    mixed = first_format(events[8]) + events[9].to_json_line()
+    write_segment(settings.spool_dir, "3-1-a.jsonl", mixed)
+    assert events[9].to_json_line().count(b'":') < first_format(events[9]).count(b'":') / 2
+    assert ingest_spool(settings) == IngestResult(ingested=10)
+    versions = [1, 1, 1, 1, 2, 2, 2, 2, 1, 2]
+    assert [dict(zip(COLUMNS, row, strict=True)) for row in table(settings)] == [
+        stored(e, v) for e, v in zip(events, versions, strict=True)
+    ]
+
+
+def test_a_null_is_kept_in_a_first_format_line_and_means_the_default_in_a_later_one(
+    costsplit_home,
+):
+    settings = settings_for(costsplit_home)
+    old = orjson.loads(first_format(event(1)))
+    new = orjson.loads(event(2).to_json_line())
+    lines = [orjson.dumps(line | {"error_code": None, "tags": None}) + b"\n" for line in (old, new)]
+    write_segment(settings.spool_dir, "1-1-a.jsonl", b"".join(lines))
+    assert ingest_spool(settings) == IngestResult(ingested=2)
+    rows = [dict(zip(COLUMNS, row, strict=True)) for row in table(settings)]
+    assert [(r["error_code"], r["tags"]) for r in rows] == [(None, None), ("", {})]
 
 
 def test_ids_already_in_the_table_are_counted_and_leave_no_trace(costsplit_home):
@@ -483,7 +528,10 @@ def test_ingest_killed_mid_run_then_run_again_gives_the_same_table(tmp_path):
 # -- the property ---------------------------------------------------------------------------------
 
 POOL = [event(i) for i in range(6)]
-LINES = [e.to_json_line() for e in POOL]
+VERSIONS = [1, 2, 2, 1, 2, 2]  # lines of both formats meet in one spool
+LINES = [
+    first_format(e) if v == 1 else e.to_json_line() for e, v in zip(POOL, VERSIONS, strict=True)
+]
 
 segment_plan = st.tuples(
     st.lists(st.integers(0, len(POOL) - 1), max_size=8),  # the lines, repeats allowed
@@ -531,8 +579,10 @@ def test_any_interleaving_repetition_and_tearing_gives_the_distinct_complete_eve
             os.write(fds[s], line[: 1 + torn[1] % (len(line) - 1)])  # never the whole line
         os.close(fds[s])
     ingest_spool(settings)
-    expected = sorted({POOL[i].event_id for lines, _ in plans for i in lines})
-    assert event_ids(settings) == expected
+    expected = sorted({i for lines, _ in plans for i in lines})
+    assert [dict(zip(COLUMNS, row, strict=True)) for row in table(settings)] == [
+        stored(POOL[i], VERSIONS[i]) for i in expected
+    ]
     assert list(settings.spool_dir.glob("*.jsonl")) == []
     with connect(settings.database) as con:
         (quarantined,) = con.execute("SELECT sum(quarantined) FROM ingest_log").fetchone()

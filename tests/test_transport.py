@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import costsplit
 from costsplit.config import load_settings
-from costsplit.events import UsageEvent, fingerprint_key
+from costsplit.events import UsageEvent, fingerprint_key, line_fields
 from costsplit.ingest import ingest_spool
 from costsplit.simulator import usage_for
 from costsplit.transport import RecordingTransport
@@ -46,7 +46,7 @@ def stable(event: UsageEvent) -> dict:
 def spooled(settings) -> list[dict]:
     lines = []
     for segment in sorted(settings.spool_dir.glob("*.jsonl")):
-        lines += [orjson.loads(line) for line in segment.read_bytes().splitlines()]
+        lines += [line_fields(line) for line in segment.read_bytes().splitlines()]
     return lines
 
 
@@ -426,7 +426,7 @@ def test_no_key_in_spool_or_database(simulator):
         client.post(INTL + NATIVE_PATHS["text-generation"], json=TEXT,
                     headers={"Authorization": f"Bearer {keys[0]}"})  # fmt: skip
     spool_bytes = b"".join(p.read_bytes() for p in settings.spool_dir.glob("*.jsonl"))
-    assert spool_bytes.count(b'"outcome"') == 3
+    assert spool_bytes.count(b'"event_id"') == 3
     ingest_spool(settings)
     with duckdb.connect(str(settings.database), read_only=True) as con:
         rows = con.execute("SELECT * FROM events").fetchall()

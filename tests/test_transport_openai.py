@@ -14,7 +14,7 @@ import pytest
 
 import costsplit
 from costsplit.config import Settings, Workspace, load_settings
-from costsplit.events import UsageEvent, fingerprint_key
+from costsplit.events import UsageEvent, fingerprint_key, line_fields
 from costsplit.simulator import SimulatorConfig, run_in_thread, usage_for
 from costsplit.usage import estimate_tokens
 
@@ -30,7 +30,7 @@ def spooled(settings: Settings) -> list[dict]:
     """Every event line in the spool, in order."""
     lines = []
     for segment in sorted(settings.spool_dir.glob("*.jsonl")):
-        lines += [orjson.loads(line) for line in segment.read_bytes().splitlines()]
+        lines += [line_fields(line) for line in segment.read_bytes().splitlines()]
     return lines
 
 
