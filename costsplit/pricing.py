@@ -282,15 +282,24 @@ def priced_select(
         raise ValueError(f"too many price-book dates for one group key ({len(plan.boundaries)})")
     bucket = " + ".join(f"(input_tokens > {b})::INTEGER" for b in plan.bounds) or "0"
     currency_case = " ".join(f"WHEN '{r}' THEN '{c}'" for r, c in REGION_CURRENCY.items())
+    # Attribution, as expressions over a group and its key's and workspace's rows.
+    ws = "coalesce(k.workspace_id, nullif(g.workspace_observed, ''), 'unattributed')"
+    model = "coalesce(nullif(g.model_requested, ''), g.model_returned)"
+    region = "coalesce(nullif(g.region, ''), w.region, '')"
+    price_period = f"(bits >> {period_shift}) & {(1 << (day_shift - period_shift)) - 1}"
     # The most specific discount in force (workspace+model > workspace > model), else none.
     multiplier = (
-        """coalesce((SELECT arg_max(d.multiplier, d.kind) FROM price_discounts d
-            WHERE (d.workspace = '' OR d.workspace = a.ws) AND (d.model = '' OR d.model = a.model)
-              AND a.period >= d.period_lo AND a.period < d.period_hi), 1)"""
+        f"""coalesce((SELECT arg_max(d.multiplier, d.kind) FROM price_discounts d
+            WHERE (d.workspace = '' OR d.workspace = {ws}) AND (d.model = '' OR d.model = {model})
+              AND {price_period} >= d.period_lo AND {price_period} < d.period_hi), 1)"""
         if plan.discounts
         else "1"
     )
-    cost = " + ".join(f"a.{tokens} * r.{rate}" for tokens, rate in TOKEN_RATES.items())
+    # NULL without a price row: unpriced, never zero.
+    cost = " + ".join(f"g.{tokens} * r.{rate}" for tokens, rate in TOKEN_RATES.items())
+
+    def outcome(test: str) -> str:  # calls whose group key passes ``test``
+        return f"coalesce(sum(calls) FILTER ({test}), 0)"
 
     return f"""
     WITH g AS (
@@ -324,51 +333,37 @@ def priced_select(
         FROM events
         WHERE {where}
         GROUP BY ALL
-    ), a AS (
-        SELECT g.*,
-               DATE '1970-01-01' + CAST(bits >> {day_shift} AS INTEGER) AS day,
-               coalesce(nullif(g.model_requested, ''), g.model_returned) AS model,
-               (bits >> {period_shift}) & {(1 << (day_shift - period_shift)) - 1} AS period,
-               (bits >> {_BUCKET_SHIFT}) & {(1 << (period_shift - _BUCKET_SHIFT)) - 1} AS bucket,
-               coalesce(k.workspace_id, nullif(g.workspace_observed, ''), 'unattributed') AS ws,
-               (bits & {_CASES - 1})::INTEGER AS billing,
-               CASE WHEN (bits >> 6) & 7 = 1 THEN calls ELSE 0 END AS ok_calls,
-               CASE WHEN (bits >> 6) & 7 = 2 THEN calls ELSE 0 END AS failed_calls,
-               CASE WHEN (bits >> 6) & 7 = 3 THEN calls ELSE 0 END AS denied_calls,
-               CASE WHEN (bits >> 6) & 7 = 4 THEN calls ELSE 0 END AS interrupted_calls,
-               CASE WHEN (bits & 512) > 0 THEN calls ELSE 0 END AS estimated_calls,
-               CASE WHEN (bits & 1024) > 0 THEN calls ELSE 0 END AS usage_calls
-        FROM g LEFT JOIN price_keys k ON k.fingerprint = g.key_fingerprint
-    ), b AS (
-        SELECT a.*,
-               coalesce(nullif(a.scenario, ''), nullif(w.default_scenario, ''), 'unassigned')
-                   AS scn,
-               coalesce(nullif(a.region, ''), w.region, '') AS reg
-        FROM a LEFT JOIN price_workspaces w ON w.id = a.ws
-    ), priced AS (
-        -- NULL without a price row: unpriced, never zero.
-        SELECT a.*, r.currency AS p_currency,
-               CAST(({cost}) * {multiplier} AS DECIMAL(38, 16)) AS cost_micro
-        FROM b AS a LEFT JOIN price_rates r
-          ON r.region = a.reg AND r.name = a.model AND r.period = a.period
-         AND r.bucket = a.bucket AND r.billing = a.billing
     )
-    SELECT day, ws AS workspace_id, scn AS scenario, model, reg AS region,
-           coalesce(p_currency, CASE reg {currency_case} ELSE 'USD' END) AS currency,
+    -- One SELECT over the groups: layers of CTEs cost DuckDB more planning than the rows.
+    SELECT DATE '1970-01-01' + CAST(bits >> {day_shift} AS INTEGER) AS day,
+           {ws} AS workspace_id,
+           coalesce(nullif(g.scenario, ''), nullif(w.default_scenario, ''), 'unassigned')
+               AS scenario,
+           {model} AS model, {region} AS region,
+           coalesce(r.currency, CASE {region} {currency_case} ELSE 'USD' END) AS currency,
            {"true" if adjustment_of else "false"} AS is_adjustment,
            '{adjustment_of}' AS adjustment_of,
-           sum(calls) AS calls, sum(ok_calls) AS ok_calls, sum(failed_calls) AS failed_calls,
-           sum(denied_calls) AS denied_calls, sum(interrupted_calls) AS interrupted_calls,
-           sum(estimated_calls) AS estimated_calls,
+           sum(calls) AS calls,
+           {outcome("(bits >> 6) & 7 = 1")} AS ok_calls,
+           {outcome("(bits >> 6) & 7 = 2")} AS failed_calls,
+           {outcome("(bits >> 6) & 7 = 3")} AS denied_calls,
+           {outcome("(bits >> 6) & 7 = 4")} AS interrupted_calls,
+           {outcome("(bits & 512) > 0")} AS estimated_calls,
            sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
            sum(cached_tokens) AS cached_tokens, sum(cache_creation_tokens) AS cache_creation_tokens,
            sum(reasoning_tokens) AS reasoning_tokens, sum(image_tokens) AS image_tokens,
            sum(audio_tokens) AS audio_tokens, sum(video_tokens) AS video_tokens,
-           CAST(coalesce(sum(cost_micro), 0) * CAST(0.000001 AS DECIMAL(7, 6)) AS DECIMAL(38, 22))
-               AS cost,
-           coalesce(sum(usage_calls) FILTER (cost_micro IS NULL), 0) AS unpriced_calls,
-           coalesce(sum(input_tokens + output_tokens) FILTER (cost_micro IS NULL), 0)
+           CAST(coalesce(sum(CAST(({cost}) * {multiplier} AS DECIMAL(38, 16))), 0)
+                * CAST(0.000001 AS DECIMAL(7, 6)) AS DECIMAL(38, 22)) AS cost,
+           {outcome("r.name IS NULL AND (bits & 1024) > 0")} AS unpriced_calls,
+           coalesce(sum(input_tokens + output_tokens) FILTER (r.name IS NULL), 0)
                AS unpriced_tokens
-    FROM priced
+    FROM g
+    LEFT JOIN price_keys k ON k.fingerprint = g.key_fingerprint
+    LEFT JOIN price_workspaces w ON w.id = {ws}
+    LEFT JOIN price_rates r
+      ON r.region = {region} AND r.name = {model} AND r.period = {price_period}
+     AND r.bucket = (bits >> {_BUCKET_SHIFT}) & {(1 << (period_shift - _BUCKET_SHIFT)) - 1}
+     AND r.billing = (bits & {_CASES - 1})::INTEGER
     GROUP BY ALL
     """
