@@ -270,30 +270,39 @@ def refresh(
 def _refresh(
     con: duckdb.DuckDBPyConnection, settings: Settings, book: PriceBook | None, digest: str
 ) -> RollupResult:
-    state = dict(con.execute("SELECT key, value FROM rollup_state").fetchall())
-    count = _event_count(con)
+    # The state and the closed months in one statement (each statement costs ≈ 0.3 ms).
+    state: dict[str, str] = {}
+    closed: set[str] = set()
+    for key, value in con.execute(
+        "SELECT key, value FROM rollup_state UNION ALL SELECT NULL, month FROM period_close"
+    ).fetchall():
+        if key is None:
+            closed.add(value)
+        else:
+            state[key] = value
     full = state.get("settings_hash") != digest
     watermark = (
         None if full or "watermark" not in state else datetime.fromisoformat(state["watermark"])
     )
-    # Events are never deleted: the same count means nothing new (the common case, kept cheap).
-    if watermark is not None and state.get("events") == str(count):
-        return RollupResult(0, False, 0, 0)
+    if watermark is None:
+        count, newest, new, late = _event_count(con), last_ingested_at(con), None, True
+    else:
+        # Filtered on ingested_at, the scan skips the row groups older than the watermark.
+        count, newest, new = con.execute(
+            "SELECT (SELECT count(*) FROM events), max(ingested_at), count(*) FROM events "
+            "WHERE ingested_at > ?",
+            [watermark],
+        ).fetchone()
+        # Events are never deleted: the same count means nothing new (the common case).
+        if state.get("events") == str(count):
+            return RollupResult(0, False, 0, 0)
+        # So the previous snapshot's count plus the events newer than its watermark is every
+        # event, unless a late commit landed at or below it.
+        late = "events" not in state or count != int(state["events"]) + new
 
     book = book or load_price_book(settings.price_books)
     tz = ZoneInfo(settings.timezone)
-    if watermark is None:
-        newest, late = last_ingested_at(con), True
-    else:
-        # Filtered on ingested_at, the scan skips the row groups older than the watermark.
-        newest, new = con.execute(
-            "SELECT max(ingested_at), count(*) FROM events WHERE ingested_at > ?", [watermark]
-        ).fetchone()
-        # Events are never deleted, so the previous snapshot's count plus the events newer
-        # than its watermark is every event unless a late commit landed at or below it.
-        late = "events" not in state or count != int(state["events"]) + new
     newest = newest or watermark
-    closed = {month for (month,) in con.execute("SELECT month FROM period_close").fetchall()}
     open_only = f"NOT ({_closed_filter(closed, tz)})"
     plan = prepare(con, settings, book, digest)
     appended = 0
