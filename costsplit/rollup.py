@@ -16,7 +16,8 @@ Appended rows. Every column of a spend row is a sum, so ``daily_spend`` may hold
 of one key and every reader sums them (``folded``). Appending costs one INSERT per refresh;
 adding into the stored rows in place cost a MERGE more (about a third of an incremental
 refresh). Once ``FOLD_AFTER_ROWS`` rows were appended, a refresh folds the table back to one
-row per key (a few ms, amortised to almost nothing), so reads stay as cheap as before.
+row per key (about 20 ms CPU for a month of ten million events, once per hundred or so
+refreshes of 10,000 events), so reads stay as cheap as before.
 
 Late commits. ``ingested_at`` is the *start* of the ingest transaction, so a transaction that
 began before a refresh and committed after it carries an ``ingested_at`` at or below that
@@ -371,7 +372,7 @@ def _append_new_events(
 
 
 def _fold(con: duckdb.DuckDBPyConnection) -> None:
-    """Sum ``daily_spend`` back into one row per key (a few ms, once per FOLD_AFTER_ROWS rows)."""
+    """Sum ``daily_spend`` back into one row per key (once per ``FOLD_AFTER_ROWS`` rows)."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE _cs_folded AS {folded('daily_spend')}")
     con.execute("DELETE FROM daily_spend")
     con.execute("INSERT INTO daily_spend BY NAME SELECT * FROM _cs_folded")
