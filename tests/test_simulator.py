@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from costsplit.simulator import SimulatorConfig, usage_for
+from costsplit.errors import ConfigError
+from costsplit.simulator import SimulatorConfig, run_in_thread, usage_for
 
 FIXTURES = Path(__file__).parent / "fixtures"
 INTL = {"Authorization": "Bearer sk-sim-default-intl"}
@@ -118,6 +119,7 @@ def test_example_toml_loads_with_its_documented_values():
         ws.id for ws in SimulatorConfig.default().workspaces
     ]
     assert config.key("sk-sim-default-cn").region == "cn-beijing"
+    assert config.answer_tokens == (16, 63)
 
 
 @pytest.mark.parametrize(
@@ -126,6 +128,8 @@ def test_example_toml_loads_with_its_documented_values():
         ('[simulator]\nregion = "mars-1"\n', "simulator.region 'mars-1' has no model list"),
         ("[simulator]\nlatency_ms = 'slow'\n", "simulator.latency_ms must be a number"),
         ("[simulator]\nspeed = 1\n", "unknown simulator keys ['speed']"),
+        ("[simulator]\nanswer_tokens = [9, 3]\n", "answer_tokens must be [fewest, most]"),
+        ("[simulator]\nanswer_tokens = 40\n", "answer_tokens must be [fewest, most]"),
         ('[[keys]]\nkey = "sk-x"\nworkspace = "ws-none"\n', "keys[0] needs key and a workspace"),
         ("[simulator\n", "Expected ']'"),
     ],
@@ -170,6 +174,28 @@ def test_usage_rules_give_exact_numbers():
         "prompt_tokens": 3,
         "total_tokens": 3,
     }
+
+
+def test_answer_length_is_a_knob_that_max_tokens_still_caps():
+    body = chat("x" * 40, seed=5)
+    long = usage_for(body, "compatible", "chat", answer_tokens=(800, 800))
+    assert (long["completion_tokens"], long["total_tokens"]) == (800, 817)
+    ranged = usage_for(body, "compatible", "chat", answer_tokens=(100, 109))
+    assert ranged["completion_tokens"] == 105  # 100 + 5 % 10
+    capped = chat("x" * 40, seed=5, max_tokens=30)
+    assert (
+        usage_for(capped, "compatible", "chat", answer_tokens=(800, 800))["completion_tokens"] == 30
+    )
+
+
+def test_long_answers_stream_in_four_token_chunks():
+    config = SimulatorConfig.default(answer_tokens=(800, 800))
+    with run_in_thread(config) as sim:
+        events = compat_events(post(sim, CHAT, chat(stream=True)).text)
+    # the role chunk, 800 tokens 4 a chunk, the finish chunk, [DONE]
+    assert len(events) == 1 + 200 + 1 + 1
+    with pytest.raises(ConfigError, match="answer_tokens"):
+        SimulatorConfig.default(answer_tokens=(0, 5))
 
 
 # --- compatible mode ------------------------------------------------------------------------

@@ -153,7 +153,14 @@ async def _answer(request: Request, api_style: str, endpoint: str) -> Any:
                 answer = native.embedding_body(body, request_id)
             return await _delayed(_json(answer, 200, headers), faults)
         block = config.cache_block
-        plan = plan_request(body, api_style, endpoint, region=region, cache_block=block)
+        plan = plan_request(
+            body,
+            api_style,
+            endpoint,
+            region=region,
+            cache_block=block,
+            answer_tokens=config.answer_tokens,
+        )
         if state.cache_hit(plan.cache_key):
             plan = replace(plan, cached_tokens=(plan.prefix_tokens // block) * block)
         stream = sse or (api_style == "compatible" and body.get("stream") is True)

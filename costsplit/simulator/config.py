@@ -20,6 +20,7 @@ from typing import Any
 from costsplit.errors import ConfigError
 
 REGION_SHORT = {"ap-southeast-1": "intl", "cn-beijing": "cn", "us-east-1": "us"}
+ANSWER_TOKENS = (16, 63)  # the fewest and most answer tokens of a choice, by default
 # the default world also declares the keys of the paired region, which this one refuses (401)
 _PAIRED = {"ap-southeast-1": ("cn-beijing",), "cn-beijing": ("ap-southeast-1",)}
 
@@ -81,7 +82,9 @@ class SimulatorConfig:
     many chunks. ``error_rate``: share of requests answered with HTTP 500, drawn from a random
     generator seeded with ``seed``. ``rpm_limits``: requests per minute per canonical model,
     counted over all keys (as the real limits are per account). ``cache_block``: implicit-cache
-    granularity and minimum in tokens.
+    granularity and minimum in tokens. ``answer_tokens``: the fewest and most answer tokens of
+    a choice (a request's ``max_tokens`` still caps them); the default answers are short, a
+    benchmark or a demo may want long streams.
     """
 
     region: str = "ap-southeast-1"
@@ -94,6 +97,15 @@ class SimulatorConfig:
     seed: int = 0
     rpm_limits: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     cache_block: int = 256
+    answer_tokens: tuple[int, int] = ANSWER_TOKENS
+
+    def __post_init__(self) -> None:
+        fewest, most = self.answer_tokens
+        if not 1 <= fewest <= most:
+            raise ConfigError(
+                f"simulator answer_tokens {list(self.answer_tokens)!r} must be two counts, "
+                "1 <= fewest <= most"
+            )
 
     @classmethod
     def default(cls, region: str = "ap-southeast-1", **overrides: Any) -> SimulatorConfig:
@@ -154,6 +166,19 @@ class SimulatorConfig:
                 if not isinstance(value, int | float) or isinstance(value, bool):
                     raise ConfigError(f"{source}: simulator.{name} must be a number")
                 knobs[name] = kind(value)
+        if "answer_tokens" in sim:
+            value = sim.pop("answer_tokens")
+            if not (
+                isinstance(value, list)
+                and len(value) == 2
+                and all(type(v) is int for v in value)
+                and 1 <= value[0] <= value[1]
+            ):
+                raise ConfigError(
+                    f"{source}: simulator.answer_tokens must be [fewest, most] with "
+                    "1 <= fewest <= most"
+                )
+            knobs["answer_tokens"] = tuple(value)
         limits = sim.pop("rpm_limits", {})
         if not isinstance(limits, dict) or not all(
             isinstance(v, int) and v > 0 for v in limits.values()

@@ -7,7 +7,8 @@ usage the simulator will report. The rules (all constants below):
   each chat request 3 more. An image part counts 1,024 tokens, a video part 2,048, an audio
   part 256 (all inside input tokens; the text share is input minus media).
 * embeddings: the sum of ceil(characters / 4) over the texts, no overhead.
-* answer tokens per choice = 16 + (seed + index) % 48, capped by ``max_tokens`` (finish reason
+* answer tokens per choice = 16 + (seed + index) % 48 (``answer_tokens``, a config knob: the
+  lowest and highest count, 16 and 63 by default), capped by ``max_tokens`` (finish reason
   ``length`` when capped, else ``stop``). The seed is the request's ``seed`` parameter, else the
   CRC-32 of the messages' JSON. Thinking (``enable_thinking``, or a ``*thinking*``/``qwq`` model)
   adds reasoning tokens = 24 + (seed + index) % 40, capped by ``thinking_budget``; reasoning is
@@ -25,7 +26,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from costsplit.simulator.config import ModelInfo, region_models
+from costsplit.simulator.config import ANSWER_TOKENS, ModelInfo, region_models
 from costsplit.simulator.content import ANSWER_WORDS, REASONING_WORDS, pieces, stable_hash
 from costsplit.simulator.envelopes import invalid_parameter
 
@@ -33,7 +34,6 @@ CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4
 REQUEST_OVERHEAD = 3
 MEDIA_TOKENS = {"image": 1024, "video": 2048, "audio": 256}
-ANSWER_BASE, ANSWER_SPREAD = 16, 48
 REASONING_BASE, REASONING_SPREAD = 24, 40
 CACHE_BLOCK = 256
 
@@ -161,6 +161,7 @@ def plan_request(
     region: str,
     cache_hit: bool = False,
     cache_block: int = CACHE_BLOCK,
+    answer_tokens: tuple[int, int] = ANSWER_TOKENS,
 ) -> Plan:
     """The plan for a chat or generation request (raises SimulatedError 400 when malformed)."""
     if endpoint not in ENDPOINTS.get(api_style, ()):
@@ -190,10 +191,11 @@ def plan_request(
     budget = _int_param(params, "thinking_budget", None)
     n = _int_param(params, "n", 1) or 1
     thinking = bool(params.get("enable_thinking")) or "thinking" in model or model.startswith("qwq")
+    fewest, most = answer_tokens
     choices = []
     for index in range(n):
         s = seed + index
-        answer = ANSWER_BASE + s % ANSWER_SPREAD
+        answer = fewest + s % (most - fewest + 1)
         finish = "stop"
         if max_tokens is not None and answer > max_tokens:
             answer, finish = max_tokens, "length"
@@ -300,6 +302,7 @@ def usage_for(
     region: str = "ap-southeast-1",
     cache_hit: bool = False,
     cache_block: int = CACHE_BLOCK,
+    answer_tokens: tuple[int, int] = ANSWER_TOKENS,
 ) -> dict[str, Any]:
     """The exact final usage the simulator reports for this request (non-streaming shape).
 
@@ -310,6 +313,12 @@ def usage_for(
     if endpoint in ("embeddings", "text-embedding"):
         return embedding_usage(body, api_style)
     plan = plan_request(
-        body, api_style, endpoint, region=region, cache_hit=cache_hit, cache_block=cache_block
+        body,
+        api_style,
+        endpoint,
+        region=region,
+        cache_hit=cache_hit,
+        cache_block=cache_block,
+        answer_tokens=answer_tokens,
     )
     return wire_usage(plan, api_style, endpoint, region)
