@@ -114,7 +114,14 @@ DENIED_CODES = frozenset(
         "Endpoint.AccessDenied",
     }
 )
+# Request headers an exchange reads, besides X-Costsplit-* (adapters may pass only these).
+REQUEST_HEADERS_READ = frozenset({"authorization", "x-dashscope-workspace", "x-dashscope-sse"})
+# Response headers an exchange reads (the rest are not kept; adapters may pass only these).
+RESPONSE_HEADERS_READ = frozenset(
+    {"content-type", "content-encoding", "x-request-id", "x-dashscope-request-id"}
+)
 USAGE_NULL = b'"usage":null'  # what include_usage adds to every other compatible chunk
+USAGE_NULL_COMMA = USAGE_NULL + b","  # ... written before other members
 HEADER_PREFIX = "x-costsplit-"
 TAG_HEADER_PREFIX = "x-costsplit-tag-"
 STREAM_TAIL_BYTES = 4 * 1024 * 1024  # bytes of a stream kept for the parse at its end
@@ -418,11 +425,15 @@ class Exchange:
 
         context_name, context_tags = _scenario.get()
         scenario_name = context_name if context_name is not None else recorder.scenario
-        tags = {**recorder.tags, **context_tags}
+        # The recorder's own tags are shared by its events when nothing adds to them (an
+        # event's tags are only ever read).
+        tags = {**recorder.tags, **context_tags} if context_tags else recorder.tags
         for name, value in ours:
             if name == "x-costsplit-scenario":
                 scenario_name = value
             elif name.startswith(TAG_HEADER_PREFIX) and len(name) > len(TAG_HEADER_PREFIX):
+                if tags is recorder.tags:
+                    tags = dict(tags)
                 tags[name[len(TAG_HEADER_PREFIX) :]] = value
 
         self.request = load_json(body) if body[:1] == b"{" else None
@@ -456,20 +467,30 @@ class Exchange:
         )
 
         new_body = self._inject_include_usage(request) if streamed else None
+        if new_body is not None:
+            self.request_body = new_body
         if ours or new_body is not None:
-            kept = [(n, v) for n, v in headers if not n.lower().startswith(HEADER_PREFIX)]
-            if new_body is not None:
-                # The stream is filtered line by line, so it must come uncompressed (the
-                # caller's client decodes transparently either way).
-                self.request_body = new_body
-                kept = [
-                    (n, v)
-                    for n, v in kept
-                    if n.lower() not in ("content-length", "accept-encoding")
-                ]
-                kept += [("Content-Length", str(len(new_body))), ("Accept-Encoding", "identity")]
-            self.request_headers = kept
+            self.request_headers = self.outgoing_headers(headers)
         del method  # every method is recorded alike; kept in the signature for adapters
+
+    def outgoing_headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """``headers`` as they must leave: without X-Costsplit-*, and with the length of the
+        new body and no compression when include_usage was injected (the stream is filtered
+        line by line, so it must come uncompressed; the caller's client decodes transparently
+        either way).
+
+        ``request_headers`` is this of the headers given to ``begin``; an adapter that gave
+        ``begin`` only the headers the core reads (``REQUEST_HEADERS_READ`` and the
+        X-Costsplit-* ones) builds the full list with it when ``request_headers`` is set.
+        """
+        kept = [(n, v) for n, v in headers if not n.lower().startswith(HEADER_PREFIX)]
+        body = self.request_body
+        if body is not None:
+            kept = [
+                (n, v) for n, v in kept if n.lower() not in ("content-length", "accept-encoding")
+            ]
+            kept += [("Content-Length", str(len(body))), ("Accept-Encoding", "identity")]
+        return kept
 
     def _inject_include_usage(self, request: dict[str, Any]) -> bytes | None:
         """The body with ``stream_options.include_usage = true``, or None when not needed."""
@@ -504,8 +525,15 @@ class Exchange:
         """The response head arrived."""
         try:
             self.status = status
-            self.response_headers = {name.lower(): value for name, value in headers}
-            self.sse = "text/event-stream" in self.response_headers.get("content-type", "")
+            # Only the headers the event reads (a dict of all of them cost more than the rest
+            # of the response head).
+            kept = {}
+            for name, value in headers:
+                low = name.lower()
+                if low in RESPONSE_HEADERS_READ:
+                    kept[low] = value
+            self.response_headers = kept
+            self.sse = "text/event-stream" in kept.get("content-type", "")
             if self.sse:
                 self.event.streamed = True
             if not (self.sse and 200 <= status < 300):
@@ -574,10 +602,10 @@ class Exchange:
             # line, which gives the same bytes for the usual chunk.
             if self.carry or self.skip_blank or data.find(b"\n") != len(data) - 2:
                 return self._filter_lines(data)
-            start = data.find(USAGE_NULL)
-            if start < 0:
-                return self._filter_lines(data)
-            return _without_usage_null(data, start)
+            out = data.replace(USAGE_NULL_COMMA, b"", 1)  # the member as Model Studio writes it
+            if len(out) != len(data):
+                return out
+            return self._filter_lines(data)
         except Exception as exc:
             _failed("filtering a response chunk", exc)
             self.filter_usage = False
@@ -694,7 +722,10 @@ class Exchange:
             facts = self._stream_facts()
             body = None
         else:
-            body = _decoded(b"".join(self.chunks), encoding or "")
+            chunks = self.chunks
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if encoding:
+                body = _decoded(body, encoding)
             facts = None
         if self.status >= 400:
             facts = parse_body(body, self.endpoint)
@@ -852,6 +883,8 @@ class _PassThrough(Exchange):
 
 __all__ = [
     "DENIED_CODES",
+    "REQUEST_HEADERS_READ",
+    "RESPONSE_HEADERS_READ",
     "BodyFacts",
     "Exchange",
     "Recorder",

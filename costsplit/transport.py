@@ -27,7 +27,14 @@ from typing import Any
 import httpx
 
 from costsplit.config import Settings
-from costsplit.record import Exchange, Recorder, Sink
+from costsplit.record import (
+    HEADER_PREFIX,
+    REQUEST_HEADERS_READ,
+    RESPONSE_HEADERS_READ,
+    Exchange,
+    Recorder,
+    Sink,
+)
 
 # Client options that configure the connection pool: given to a ready client, they go to the
 # inner transport it builds (a client with ``transport=`` ignores them, and ``proxy`` would
@@ -56,27 +63,55 @@ def _request_body(lib: ModuleType, request: Any) -> bytes:
 
 
 def _begin(recorder: Recorder, lib: ModuleType, request: Any) -> Exchange:
-    """The exchange of a request, from the URL parts httpx already parsed (no re-parsing)."""
+    """The exchange of a request, from the URL parts httpx already parsed (no re-parsing) and
+    only the headers the core reads."""
     url = request.url
     return recorder.begin(
         request.method,
         (url.host, url.path),
-        header_items(request.headers),
+        header_items(request.headers, _REQUEST_NAMES, _OURS),
         _request_body(lib, request),
     )
 
 
-def header_items(headers: Any) -> list[tuple[str, str]]:
-    """``headers.multi_items()`` (lower-case names), decoded straight from the parsed list
-    when every byte is ASCII, as httpx would decode it then: its ``multi_items`` re-reads the
-    ``encoding`` property twice per header, which cost a recorded call more than reading the
-    request did. Anything else (a set or non-ASCII encoding) goes through ``multi_items``."""
+# The core reads a handful of headers: only those are decoded (a request from the openai SDK
+# carries about twenty, and decoding them all cost a recorded call more than reading the body).
+_REQUEST_NAMES = frozenset(name.encode() for name in REQUEST_HEADERS_READ)
+_RESPONSE_NAMES = frozenset(name.encode() for name in RESPONSE_HEADERS_READ)
+_OURS = HEADER_PREFIX.encode()
+
+
+def header_items(
+    headers: Any, names: frozenset[bytes] | None = None, prefix: bytes = b"\0"
+) -> list[tuple[str, str]]:
+    """``headers.multi_items()`` (lower-case names), or only the headers in ``names`` or
+    starting with ``prefix`` when ``names`` is given.
+
+    Read straight from httpx's parsed list when every byte is ASCII, as httpx would decode it
+    then: its ``multi_items`` re-reads the ``encoding`` property twice per header. Anything
+    else (a set or non-ASCII encoding) goes through ``multi_items``.
+    """
     try:
         if headers._encoding is None:
-            return [(key.decode("ascii"), value.decode("ascii")) for _, key, value in headers._list]
+            if names is None:
+                return [
+                    (key.decode("ascii"), value.decode("ascii")) for _, key, value in headers._list
+                ]
+            return [
+                (key.decode("ascii"), value.decode("ascii"))
+                for _, key, value in headers._list
+                if key in names or key.startswith(prefix)
+            ]
     except (AttributeError, UnicodeDecodeError, ValueError):
         pass
-    return headers.multi_items()
+    if names is None:
+        return headers.multi_items()
+    text_prefix = prefix.decode("latin-1")
+    return [
+        (key, value)
+        for key, value in headers.multi_items()
+        if key.encode("latin-1", "replace") in names or key.startswith(text_prefix)
+    ]
 
 
 def _outgoing(lib: ModuleType, request: Any, exchange: Exchange) -> Any:
@@ -87,9 +122,10 @@ def _outgoing(lib: ModuleType, request: Any, exchange: Exchange) -> Any:
     """
     if exchange.request_headers is None and exchange.request_body is None:
         return request
-    headers = exchange.request_headers
-    if headers is None:
+    if exchange.request_headers is None:
         headers = request.headers
+    else:
+        headers = exchange.outgoing_headers(header_items(request.headers))
     if exchange.request_body is None:
         stream = request.stream
     else:
@@ -254,7 +290,7 @@ class SyncRecordingMixin:
         except BaseException as exc:
             exchange.error(exc)
             raise
-        exchange.response(response.status_code, header_items(response.headers))
+        exchange.response(response.status_code, header_items(response.headers, _RESPONSE_NAMES))
         try:
             return _read_response(lib, response, exchange)
         except lib.ResponseNotRead:
@@ -294,7 +330,7 @@ class AsyncRecordingMixin:
         except BaseException as exc:
             exchange.error(exc)
             raise
-        exchange.response(response.status_code, header_items(response.headers))
+        exchange.response(response.status_code, header_items(response.headers, _RESPONSE_NAMES))
         try:
             return _read_response(lib, response, exchange)
         except lib.ResponseNotRead:

@@ -453,3 +453,24 @@ def test_header_items_decode_as_httpx_does():
         assert header_items(utf8) == [("x-costsplit-scenario", "résumé")]
         latin1 = lib.Headers([(b"X-Costsplit-Tag-Team", "é".encode("latin-1"))])
         assert header_items(latin1) == [("x-costsplit-tag-team", "é")]
+
+
+def test_only_the_headers_the_core_reads_are_decoded():
+    from costsplit.transport import _OURS, _REQUEST_NAMES, header_items
+
+    for lib in (httpx, httpx2):
+        many = [("User-Agent", "OpenAI/Python"), ("X-Stainless-Lang", "python"),
+                ("Authorization", "Bearer k"), ("X-DashScope-WorkSpace", "ws-1"),
+                ("X-Costsplit-Tag-Team", "support"), ("Content-Type", "application/json")]  # fmt: skip
+        expected = [
+            ("authorization", "Bearer k"),
+            ("x-dashscope-workspace", "ws-1"),
+            ("x-costsplit-tag-team", "support"),
+        ]
+        assert header_items(lib.Headers(many), _REQUEST_NAMES, _OURS) == expected
+        # a non-ASCII value sends the headers through httpx's own decoding, same selection
+        utf8 = lib.Headers([*many, ("X-Costsplit-Scenario", "résumé".encode())])
+        assert header_items(utf8, _REQUEST_NAMES, _OURS) == [
+            *expected,
+            ("x-costsplit-scenario", "résumé"),
+        ]
