@@ -121,7 +121,6 @@ RESPONSE_HEADERS_READ = frozenset(
     {"content-type", "content-encoding", "x-request-id", "x-dashscope-request-id"}
 )
 USAGE_NULL = b'"usage":null'  # what include_usage adds to every other compatible chunk
-USAGE_NULL_COMMA = USAGE_NULL + b","  # ... written before other members
 HEADER_PREFIX = "x-costsplit-"
 TAG_HEADER_PREFIX = "x-costsplit-tag-"
 STREAM_TAIL_BYTES = 4 * 1024 * 1024  # bytes of a stream kept for the parse at its end
@@ -602,9 +601,10 @@ class Exchange:
             # line, which gives the same bytes for the usual chunk.
             if self.carry or self.skip_blank or data.find(b"\n") != len(data) - 2:
                 return self._filter_lines(data)
-            out = data.replace(USAGE_NULL_COMMA, b"", 1)  # the member as Model Studio writes it
-            if len(out) != len(data):
-                return out
+            start = data.find(USAGE_NULL)
+            end = start + len(USAGE_NULL)
+            if start >= 0 and data[end : end + 1] == b",":  # as Model Studio writes the member
+                return data[:start] + data[end + 1 :]
             return self._filter_lines(data)
         except Exception as exc:
             _failed("filtering a response chunk", exc)

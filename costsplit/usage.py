@@ -129,11 +129,22 @@ def normalise_usage(raw: Any, endpoint: str = "chat") -> Usage | None:
     if not isinstance(raw, dict):
         return None
     get = raw.get
-    input_tokens = _first(get("prompt_tokens"), get("input_tokens"))
-    output_tokens = _first(get("completion_tokens"), get("output_tokens"))
+    # A plain non-negative int is the usual count; anything else goes through ``_first``.
+    value = get("prompt_tokens")
+    input_tokens = (
+        value if type(value) is int and value >= 0 else _first(value, get("input_tokens"))
+    )
+    value = get("completion_tokens")
+    output_tokens = (
+        value if type(value) is int and value >= 0 else _first(value, get("output_tokens"))
+    )
     total = _count(get("total_tokens"))
-    image_count = _count(get("image_count"))
-    plugins = _plugins(get("plugins"))
+    image_count = get("image_count")
+    if image_count is not None:
+        image_count = _count(image_count)
+    plugins = get("plugins")
+    if plugins is not None:
+        plugins = _plugins(plugins)
     if input_tokens is None and output_tokens is None:
         if total is None and image_count is None and not plugins:
             return None
@@ -142,25 +153,42 @@ def normalise_usage(raw: Any, endpoint: str = "chat") -> Usage | None:
         if endpoint == "embedding":
             input_tokens = total
     usage = Usage(input_tokens or 0, output_tokens or 0, total or 0)
-    usage.image_count = image_count or 0
-    usage.plugins = plugins
-    if _PLAIN_USAGE_KEYS.issuperset(raw):
-        return usage.consistent()  # the common case: totals only, no subsets to look for
-    if _ONE_STYLE_COMPATIBLE.issuperset(raw) or _ONE_STYLE_NATIVE.issuperset(raw):
-        # Details of one API style only: every subset has a single source, so read just the
-        # keys present (the full lookup below costs about 50 dict reads).
-        for name in raw:
-            fields = _DETAIL_FIELDS.get(name)
-            details = raw[name]
-            if fields is None or not isinstance(details, dict):
+    if image_count:
+        usage.image_count = image_count
+    if plugins:
+        usage.plugins = plugins
+    # Which details objects are there decides how the subsets are read: none (the common
+    # case, totals only), those of one API style (every subset has a single source: read just
+    # the keys present), or anything else (the full lookup below, about 50 dict reads).
+    details = None
+    for name in raw:
+        if name in _PLAIN_USAGE_KEYS:
+            continue
+        style = _DETAIL_STYLE.get(name)
+        if style is None or (details is not None and details[0] != style):
+            return _all_subsets(usage, raw)
+        if details is None:
+            details = (style, [name])
+        else:
+            details[1].append(name)
+    if details is not None:
+        for name in details[1]:
+            found = raw[name]
+            if not isinstance(found, dict):
                 continue
-            for key, value in details.items():
+            fields = _DETAIL_FIELDS[name]
+            for key, value in found.items():
                 field = fields.get(key)
                 if field == "cache_type":
                     usage.cache_type = _text(value)
                 elif field is not None:
                     setattr(usage, field, _count(value) or 0)
-        return usage.consistent()
+    return usage.consistent()
+
+
+def _all_subsets(usage: Usage, raw: dict[str, Any]) -> Usage:
+    """The subsets of a usage object mixing styles or with top-level subsets, by priority."""
+    get = raw.get
     prompt = _dict(get("prompt_tokens_details"))
     input_details = _dict(get("input_tokens_details"))
     completion = _dict(get("completion_tokens_details"))
@@ -229,8 +257,13 @@ _DETAIL_FIELDS = {
     "completion_tokens_details": _OUTPUT_DETAILS,
     "output_tokens_details": _OUTPUT_DETAILS,
 }
-_ONE_STYLE_COMPATIBLE = _PLAIN_USAGE_KEYS | {"prompt_tokens_details", "completion_tokens_details"}
-_ONE_STYLE_NATIVE = _PLAIN_USAGE_KEYS | {"input_tokens_details", "output_tokens_details"}
+# Details object → its API style (a usage object with both styles' details is read in full).
+_DETAIL_STYLE = {
+    "prompt_tokens_details": "compatible",
+    "completion_tokens_details": "compatible",
+    "input_tokens_details": "native",
+    "output_tokens_details": "native",
+}
 
 
 def _plugins(raw: Any) -> dict[str, int]:
