@@ -10,12 +10,14 @@ sum equals the per-call sum to the last digit, and the 10M-row pass is a plain i
 GROUP BY.
 
 The billing rules below are applied once, when the prices are loaded: ``price_rates`` holds,
-per price row, tier bucket, price period and billing case (the six case bits of a group's key),
-one rate per token class, so a group's cost is a plain sum of token counts times rates. Written
-as one CASE per call kind in the pricing statement, the rules made DuckDB spend about a third
-more time planning it, which is most of the cost of an incremental refresh. The attribution and
-price tables live in the database (``m007_price_tables``) and are refilled only when the
-settings or books change, so a new connection loads nothing.
+per price row, tier bucket, price period and billing case (the case bits of a group's key
+but the plan one), one rate per token class, so a group's cost is a plain sum of token counts
+times rates (times 0 for a plan call). Written as one CASE per call kind in the pricing
+statement, the rules made DuckDB spend about a third more time planning it, which is most of
+the cost of an incremental refresh; every statement reads the whole rate table, hence no
+rows for the plan bit (it would double them). The attribution and price tables live in the
+database (``m007_price_tables``) and are refilled only when the settings, the books or the
+derivation of rates change, so a new connection loads nothing.
 
 Billing rules (reference §7.1), with the rates from ``costsplit.pricebook.rates``:
   * explicit-cache call (``cache_creation_tokens > 0`` or ``cache_type = 'ephemeral'``, as
@@ -35,6 +37,7 @@ Billing rules (reference §7.1), with the rates from ``costsplit.pricebook.rates
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -58,6 +61,7 @@ _NO_END = 2**62
 # A group key's low bits: the billing case, then outcome, estimate and usage flags.
 BATCH, PLAN, THINKING, EXPLICIT, MULTIMODAL, AUDIO_OUT = 1, 2, 4, 8, 16, 32
 _CASES = 64  # every combination of the six billing-case bits
+_RATED = _CASES - 1 - PLAN  # the bits that choose a call's rates
 # Token classes (the group's sums) and their rate in ``price_rates``: cost = Σ tokens × rate.
 TOKEN_RATES = {
     "input_tokens": "r_input", "cached_tokens": "r_cached",
@@ -105,6 +109,8 @@ def prepare(
     boundaries = tuple(sorted(dates - {FOREVER}))
     bounds = tuple(sorted({t.up_to for row in book.rows for t in row.tiers[:-1] if t.up_to}))
     plan = PricingPlan(boundaries, bounds, bool(book.discounts))
+    # What the tables hold depends on the settings, the books and how rates are derived.
+    digest = digest and f"{digest}/{hashlib.sha256(_RATES_SELECT.encode()).hexdigest()[:8]}"
     if digest and _loaded(con) == digest:
         return plan
 
@@ -162,34 +168,35 @@ def prepare(
 _RATES_SELECT = f"""
     WITH c AS (
         SELECT p.*, billing::INTEGER AS billing,
-               (billing & {BATCH}) > 0 AS batch, (billing & {PLAN}) > 0 AS plan,
+               (billing & {BATCH}) > 0 AS batch,
                (billing & {THINKING}) > 0 AS thinking, (billing & {EXPLICIT}) > 0 AS explicit,
                (billing & {MULTIMODAL}) > 0 AS multimodal,
                (billing & {AUDIO_OUT}) > 0 AS audio_out
         FROM _cs_prices p, range({_CASES}) t(billing)
+        WHERE billing & {_RATED} = billing
     )
     SELECT region, name, currency, period, bucket, billing,
-        CASE WHEN plan THEN 0 WHEN omni AND batch THEN batch_in_text WHEN omni THEN in_text
+        CASE WHEN omni AND batch THEN batch_in_text WHEN omni THEN in_text
              WHEN batch THEN batch_in ELSE in_rate END,
-        CASE WHEN plan OR batch OR omni THEN 0 WHEN explicit THEN er_rate - in_rate
+        CASE WHEN batch OR omni THEN 0 WHEN explicit THEN er_rate - in_rate
              ELSE implicit_rate - in_rate END,
-        CASE WHEN plan OR batch OR omni OR NOT explicit THEN 0 ELSE ew_rate - in_rate END,
-        CASE WHEN plan OR (omni AND audio_out) THEN 0
+        CASE WHEN batch OR omni OR NOT explicit THEN 0 ELSE ew_rate - in_rate END,
+        CASE WHEN omni AND audio_out THEN 0
              WHEN omni AND batch AND multimodal THEN batch_out_text_when_input_multimodal
              WHEN omni AND batch THEN batch_out_text_when_input_text_only
              WHEN omni AND multimodal THEN out_text_when_input_multimodal
              WHEN omni THEN out_text_when_input_text_only
              WHEN batch AND thinking THEN batch_think WHEN batch THEN batch_out
              WHEN thinking THEN think_rate ELSE out_rate END,
-        CASE WHEN plan OR NOT omni THEN 0 WHEN batch THEN batch_in_audio - batch_in_text
+        CASE WHEN NOT omni THEN 0 WHEN batch THEN batch_in_audio - batch_in_text
              ELSE in_audio - in_text END,
-        CASE WHEN plan OR NOT omni THEN 0 WHEN batch THEN batch_in_image - batch_in_text
+        CASE WHEN NOT omni THEN 0 WHEN batch THEN batch_in_image - batch_in_text
              ELSE in_image - in_text END,
-        CASE WHEN plan OR NOT omni THEN 0 WHEN batch THEN batch_in_video - batch_in_text
+        CASE WHEN NOT omni THEN 0 WHEN batch THEN batch_in_video - batch_in_text
              ELSE in_video - in_text END,
-        CASE WHEN plan OR NOT omni OR NOT audio_out THEN 0 WHEN batch THEN batch_out_audio
+        CASE WHEN NOT omni OR NOT audio_out THEN 0 WHEN batch THEN batch_out_audio
              ELSE out_audio END,
-        CASE WHEN plan THEN 0 WHEN batch THEN batch_image_rate ELSE image_rate END
+        CASE WHEN batch THEN batch_image_rate ELSE image_rate END
     FROM c
 """
 
@@ -295,7 +302,8 @@ def priced_select(
         if plan.discounts
         else "1"
     )
-    # NULL without a price row: unpriced, never zero.
+    # NULL without a price row: unpriced, never zero. A plan call costs 0 per token.
+    plan_free = f"((bits & {PLAN}) = 0)::INTEGER"
     cost = " + ".join(f"g.{tokens} * r.{rate}" for tokens, rate in TOKEN_RATES.items())
 
     def outcome(test: str) -> str:  # calls whose group key passes ``test``
@@ -353,7 +361,7 @@ def priced_select(
            sum(cached_tokens) AS cached_tokens, sum(cache_creation_tokens) AS cache_creation_tokens,
            sum(reasoning_tokens) AS reasoning_tokens, sum(image_tokens) AS image_tokens,
            sum(audio_tokens) AS audio_tokens, sum(video_tokens) AS video_tokens,
-           CAST(coalesce(sum(CAST(({cost}) * {multiplier} AS DECIMAL(38, 16))), 0)
+           CAST(coalesce(sum(CAST(({cost}) * {multiplier} * {plan_free} AS DECIMAL(38, 16))), 0)
                 * CAST(0.000001 AS DECIMAL(7, 6)) AS DECIMAL(38, 22)) AS cost,
            {outcome("r.name IS NULL AND (bits & 1024) > 0")} AS unpriced_calls,
            coalesce(sum(input_tokens + output_tokens) FILTER (r.name IS NULL), 0)
@@ -364,6 +372,6 @@ def priced_select(
     LEFT JOIN price_rates r
       ON r.region = {region} AND r.name = {model} AND r.period = {price_period}
      AND r.bucket = (bits >> {_BUCKET_SHIFT}) & {(1 << (period_shift - _BUCKET_SHIFT)) - 1}
-     AND r.billing = (bits & {_CASES - 1})::INTEGER
+     AND r.billing = (bits & {_RATED})::INTEGER
     GROUP BY ALL
     """

@@ -255,6 +255,17 @@ def test_negotiated_discount_for_a_workspace_and_model(tmp_path):
     ]
 
 
+def test_a_plan_call_costs_zero_but_an_unknown_model_stays_unpriced(tmp_path):
+    rows = rows_for(tmp_path, [
+        call(billing_plan="plan", input_tokens=1000, output_tokens=500, reasoning_tokens=10),
+        call(billing_plan="plan", model_requested="qwen9-ultra", input_tokens=1000),
+    ])  # fmt: skip
+    assert [(r.model, r.calls, r.cost, r.unpriced_calls, r.unpriced_tokens) for r in rows] == [
+        ("qwen-plus", 1, Decimal(0), 0, 0),
+        ("qwen9-ultra", 1, Decimal(0), 1, 1000),
+    ]
+
+
 def test_whole_row_with_attribution_alias_and_outcomes(tmp_path):
     events = [
         call(model_requested="qwen-plus-latest", input_tokens=1000, output_tokens=500,
