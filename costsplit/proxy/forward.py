@@ -6,10 +6,11 @@ Studio are small JSON documents), hands the exchange to the recording core throu
 ``aiohttp.ClientSession`` (httpx's pool collapses under concurrency, aiohttp's does not).
 
 A JSON answer is read whole and returned with its status and headers. A ``text/event-stream``
-answer is relayed chunk by chunk as each arrives (``iter_any``: no buffering, so the first byte
-reaches the caller as soon as it leaves upstream); the recording core sees every chunk and may
-drop the usage-only chunk it asked for on the caller's behalf (and the ``"usage":null`` members
-that asking adds to every chunk).
+answer is relayed chunk by chunk as each arrives (``readany``: no buffering, so the first byte
+reaches the caller as soon as it leaves upstream); the recording core keeps every chunk (a list
+append) and, when it injected ``include_usage``, filters them: it drops the usage-only chunk it
+asked for on the caller's behalf and the ``"usage":null`` members that asking adds to every
+chunk.
 
 The server cancels the handler when the caller goes away (``handler_cancellation``); the
 ``async with`` then closes the upstream connection, so Model Studio stops generating, and the
@@ -35,6 +36,7 @@ from costsplit.errors import ModelNotGranted
 from costsplit.proxy.envelopes import ERROR_HEADER, error_body
 from costsplit.proxy.recording import Passthrough, ProxyRecording
 from costsplit.proxy.routes import ROUTE_HEADER, RouteError, RouteTable, error_style
+from costsplit.record import HEADER_PREFIX, REQUEST_HEADERS_READ
 
 # Never forwarded upstream: hop-by-hop headers, what aiohttp recomputes, and Accept-Encoding,
 # so the answer arrives uncompressed and its usage can be read on the way through.
@@ -69,6 +71,7 @@ RESPONSE_DROP = frozenset(
     }
 )
 STREAM_RESPONSE_DROP = RESPONSE_DROP | {"content-length"}
+TRIM_CHUNKS = 256  # stream chunks between bounds on what the recording core keeps
 
 
 class Forwarder:
@@ -133,18 +136,22 @@ class Forwarder:
         if body is None:
             return self._too_large(target.api_style, None)
 
-        headers = request.headers.items()
-        try:
-            exchange = self.recording.begin(request.method, target, headers, body)
-        except ModelNotGranted as exc:
-            return _error(403, target.api_style, "model_not_granted", f"{exc}.")
+        if self.recording.records:
+            headers, read = _split_headers(request.headers.items())
+            try:
+                exchange = self.recording.begin(request.method, target, read, body)
+            except ModelNotGranted as exc:
+                return _error(403, target.api_style, "model_not_granted", f"{exc}.")
+        else:
+            exchange = self.recording.begin(request.method, target, None, body)
+            headers = _forward_headers(request.headers.items())
         assert self.session is not None, "Forwarder.start() was not awaited"
         try:
             upstream = await self.session.request(
                 request.method,
                 target.url,
                 data=body if exchange.request_body is None else exchange.request_body,
-                headers=_forward_headers(exchange.request_headers or headers),
+                headers=headers,
                 allow_redirects=False,
             )
         except asyncio.CancelledError:
@@ -183,15 +190,33 @@ class Forwarder:
         response = web.StreamResponse(status=upstream.status)
         # a relayed stream is sent chunked: no Content-Length
         _copy_headers(upstream.raw_headers, response.headers, STREAM_RESPONSE_DROP)
+        read = upstream.content.readany
+        write = response.write
+        keep = exchange.keeper()
         try:
             await response.prepare(request)
-            async for piece in upstream.content.iter_any():
-                out = exchange.chunk(piece)
-                if out:
-                    await response.write(out)
+            if keep is None:  # nothing recorded: relay as it comes
+                while piece := await read():
+                    await write(piece)
+            else:
+                # Per chunk: a list append for the core and, only while it filters what the
+                # include_usage it injected adds, its filter (the core's ``chunk``, unrolled).
+                count = 0
+                while piece := await read():
+                    keep(piece)
+                    count += 1
+                    if count == 1:
+                        exchange.first_chunk()
+                    elif not count % TRIM_CHUNKS:
+                        exchange.trim()
+                    if exchange.filter_usage:
+                        piece = exchange.filter(piece)
+                        if not piece:
+                            continue
+                    await write(piece)
             rest = exchange.end()
             if rest:
-                await response.write(rest)
+                await write(rest)
         except asyncio.CancelledError:
             # The caller went away (the server cancels the handler): close upstream so Model
             # Studio stops generating; the event says interrupted.
@@ -235,11 +260,37 @@ async def _read_body(content, declared: int | None, limit: int) -> bytes | None:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def _split_headers(
+    headers: Iterable[tuple[str, str]],
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(what to forward, what the recording core reads), in one pass over the caller's headers.
+
+    The core is given only the headers it reads (``REQUEST_HEADERS_READ`` and X-Costsplit-*),
+    so it scans and copies two or three instead of the caller's dozen or more. What is forwarded
+    never depends on the core: ``REQUEST_DROP`` already leaves out Content-Length and
+    Accept-Encoding, the only headers the core changes when it injects ``include_usage``
+    (aiohttp sets the length of the body sent).
+    """
+    forward: list[tuple[str, str]] = []
+    read: list[tuple[str, str]] = []
+    for pair in headers:
+        lower = pair[0].lower()
+        if lower in REQUEST_DROP:
+            continue
+        if lower.startswith(HEADER_PREFIX):
+            read.append(pair)
+            continue
+        if lower in REQUEST_HEADERS_READ:
+            read.append(pair)
+        forward.append(pair)
+    return forward, read
+
+
 def _forward_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     return [
         (name, value)
         for name, value in headers
-        if not ((lower := name.lower()) in REQUEST_DROP or lower.startswith("x-costsplit-"))
+        if not ((lower := name.lower()) in REQUEST_DROP or lower.startswith(HEADER_PREFIX))
     ]
 
 

@@ -6,8 +6,9 @@ as a simulator or a gateway). The forwarder then drives the exchange exactly as 
 client does: ``response``, ``chunk`` for every piece of the body, ``end``, or ``close`` when the
 caller went away, or ``error``. Events go to this process's own spool segment.
 
-A per-key default scenario (``[proxy] key_scenarios``: key fingerprint → scenario) is applied as
-a ``costsplit.record.scenario`` context, so an ``X-Costsplit-Scenario`` header still wins.
+A per-key default scenario (``[proxy] key_scenarios``: key fingerprint → scenario) is the
+default scenario of the recorder the call goes through (one per route and scenario), so an
+``X-Costsplit-Scenario`` header still wins.
 
 ``Passthrough`` records nothing and rewrites nothing: ``costsplit proxy --no-record``, which
 exists to measure what recording costs.
@@ -20,43 +21,60 @@ from collections.abc import Iterable
 from costsplit.config import Settings
 from costsplit.events import fingerprint_key
 from costsplit.proxy.routes import Target
-from costsplit.record import Exchange, Recorder, scenario
+from costsplit.record import Exchange, Recorder
+
+KEYS_REMEMBERED = 1024  # Authorization values whose default scenario is kept (in memory only)
 
 
 class ProxyRecording:
     """Opens a recorded exchange for each proxied call."""
 
+    records = True
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.key_scenarios = dict(settings.proxy.key_scenarios)
-        self._recorders: dict[str, Recorder] = {}
+        self._recorders: dict[tuple[str, str | None], Recorder] = {}
+        self._defaults: dict[str, str | None] = {}  # Authorization value -> key's scenario
 
-    def recorder(self, target: Target) -> Recorder:
+    def recorder(self, target: Target, scenario: str | None = None) -> Recorder:
+        """The route's recorder; with a per-key default ``scenario``, one per scenario (the
+        recorder's default: an ``X-Costsplit-Scenario`` header still wins)."""
         route = target.route
-        recorder = self._recorders.get(route.name)
+        recorder = self._recorders.get((route.name, scenario))
         if recorder is None:
-            recorder = Recorder(None, self.settings, recorder="proxy", region=route.region)
-            self._recorders[route.name] = recorder
+            recorder = Recorder(
+                None, self.settings, recorder="proxy", region=route.region, scenario=scenario
+            )
+            self._recorders[(route.name, scenario)] = recorder
         return recorder
 
     def begin(
         self, method: str, target: Target, headers: Iterable[tuple[str, str]], body: bytes
     ) -> Exchange:
         """The exchange for one call; raises ``ModelNotGranted`` when grants are enforced."""
-        recorder = self.recorder(target)
         default = self._key_scenario(headers) if self.key_scenarios else None
-        if default is None:
-            return recorder.begin(method, target.url, headers, body)
-        with scenario(default):
-            return recorder.begin(method, target.url, headers, body)
+        return self.recorder(target, default).begin(method, target.url, headers, body)
 
     def _key_scenario(self, headers: Iterable[tuple[str, str]]) -> str | None:
         for name, value in headers:
             if name.lower() == "authorization":
-                scheme, _, key = value.strip().partition(" ")
-                key = key if scheme.lower() == "bearer" else value
-                return self.key_scenarios.get(fingerprint_key(key)) if key.strip() else None
+                return self._default_of(value)
         return None
+
+    def _default_of(self, authorization: str) -> str | None:
+        # Hashing a key costs more than the rest of reading a request: once per key value.
+        try:
+            return self._defaults[authorization]
+        except KeyError:
+            pass
+        scheme, _, key = authorization.strip().partition(" ")
+        key = key if scheme.lower() == "bearer" else authorization
+        default = self.key_scenarios.get(fingerprint_key(key)) if key.strip() else None
+        if len(self._defaults) >= KEYS_REMEMBERED:
+            self._defaults.clear()
+        self._defaults[authorization] = default
+        return default
 
 
 class _Unrecorded:
@@ -65,6 +83,10 @@ class _Unrecorded:
     __slots__ = ()
     request_headers = None
     request_body = None
+    done = True
+
+    def keeper(self) -> None:
+        return None
 
     def response(self, status: int, headers: object) -> None:
         pass
@@ -85,6 +107,7 @@ class _Unrecorded:
 class Passthrough:
     """Records nothing (``--no-record``)."""
 
+    records = False
     _exchange = _Unrecorded()
 
     def begin(self, method: str, target: Target, headers: object, body: bytes) -> _Unrecorded:
