@@ -459,9 +459,14 @@ def test_only_the_headers_the_core_reads_are_decoded():
     from costsplit.transport import _OURS, _REQUEST_NAMES, header_items
 
     for lib in (httpx, httpx2):
-        many = [("User-Agent", "OpenAI/Python"), ("X-Stainless-Lang", "python"),
-                ("Authorization", "Bearer k"), ("X-DashScope-WorkSpace", "ws-1"),
-                ("X-Costsplit-Tag-Team", "support"), ("Content-Type", "application/json")]  # fmt: skip
+        many = [
+            ("User-Agent", "OpenAI/Python"),
+            ("X-Stainless-Lang", "python"),
+            ("Authorization", "Bearer k"),
+            ("X-DashScope-WorkSpace", "ws-1"),
+            ("X-Costsplit-Tag-Team", "support"),
+            ("Content-Type", "application/json"),
+        ]
         expected = [
             ("authorization", "Bearer k"),
             ("x-dashscope-workspace", "ws-1"),
