@@ -49,8 +49,8 @@ Speed: what depends only on the URL or the key is computed once per recorder; ch
 as they are (a list append) and parsed once, backwards from the end, when the body ends;
 adapters may drive ``keeper``/``filter`` from C iterators (see ``Exchange``).
 
-Prompt and completion text is never written: the event has no field for it, whatever
-``settings.capture_content`` says.
+Prompt and completion text is never written: the event has no field for it (what a stream
+said is read only to estimate the tokens of an interrupted one).
 """
 
 from __future__ import annotations

@@ -107,7 +107,6 @@ class Settings:
     reports_out: Path = Path("reports/out")
     templates_dir: Path | None = None
     enforce_grants: bool = False
-    capture_content: bool = False
     price_books: tuple[Path, ...] = ()  # extra price books layered over the shipped one
     exchange_rates: tuple[ExchangeRate, ...] = ()
     workspaces: tuple[Workspace, ...] = ()

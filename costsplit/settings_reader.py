@@ -85,9 +85,7 @@ class SettingsReader(TomlFields):
         output = self.get(reporting, "reporting.output", str, "")
         templates = self.get(reporting, "reporting.templates", str, "")
 
-        recording = self.table(
-            top.get("recording"), "recording", {"enforce_grants", "capture_content"}
-        )
+        recording = self.table(top.get("recording"), "recording", {"enforce_grants"})
         prices = self.table(top.get("prices"), "prices", {"files"})
 
         workspaces = tuple(
@@ -121,7 +119,6 @@ class SettingsReader(TomlFields):
             reports_out=self.path(output) if output else home / "reports" / "out",
             templates_dir=self.path(templates) if templates else None,
             enforce_grants=self.get(recording, "recording.enforce_grants", bool, False),
-            capture_content=self.get(recording, "recording.capture_content", bool, False),
             price_books=tuple(self.path(p) for p in self.strings(prices, "prices.files")),
             exchange_rates=tuple(
                 self.rate(r, i) for i, r in enumerate(self.array(top, "exchange_rates"))

@@ -124,6 +124,10 @@ BAD = {
         "costsplit.toml:8: workspaces[1].nmae: unknown key (known: cost_centre, default_scenario, "
         "id, key_envs, key_fingerprints, models, name, owners, region)",
     ),
+    "no setting stores prompts or completions": (
+        "[recording]\ncapture_content = true\n",
+        "costsplit.toml:2: recording.capture_content: unknown key (known: enforce_grants)",
+    ),
     "wrong type": (
         '[storage]\nfsync_interval_ms = "fast"\n',
         "costsplit.toml:2: storage.fsync_interval_ms: must be an int or float, got str 'fast'",
