@@ -36,7 +36,7 @@ from costsplit.errors import ModelNotGranted
 from costsplit.proxy.envelopes import ERROR_HEADER, error_body
 from costsplit.proxy.recording import Passthrough, ProxyRecording
 from costsplit.proxy.routes import ROUTE_HEADER, RouteError, RouteTable, error_style
-from costsplit.record import HEADER_PREFIX, REQUEST_HEADERS_READ
+from costsplit.record import HEADER_PREFIX, REQUEST_HEADERS_READ, RESPONSE_HEADERS_READ
 
 # Never forwarded upstream: hop-by-hop headers, what aiohttp recomputes, and Accept-Encoding,
 # so the answer arrives uncompressed and its usage can be read on the way through.
@@ -169,9 +169,22 @@ class Forwarder:
             exchange.error(exc)
             return _error(502, target.api_style, "upstream_error", _upstream_said(target, exc))
         async with upstream:
-            exchange.response(upstream.status, upstream.headers.items())
-            if upstream.content_type == "text/event-stream":
-                return await self._relay_stream(request, upstream, exchange)
+            status = upstream.status
+            stream = upstream.content_type == "text/event-stream"
+            if stream:
+                response: web.StreamResponse = web.StreamResponse(status=status)
+                drop = STREAM_RESPONSE_DROP  # a relayed stream is sent chunked
+            else:
+                response = web.Response(status=status)
+                drop = RESPONSE_DROP
+            if self.recording.records:
+                # The core hears of the headers it reads, picked while copying them.
+                read = _copy_headers_reading(upstream.raw_headers, response.headers, drop)
+                exchange.response(status, read)
+            else:
+                _copy_headers(upstream.raw_headers, response.headers, drop)
+            if stream:
+                return await self._relay_stream(request, upstream, exchange, response)
             try:
                 data = await upstream.read()
             except asyncio.CancelledError:
@@ -182,14 +195,10 @@ class Forwarder:
                 return _error(502, target.api_style, "upstream_error", _upstream_said(target, exc))
             exchange.chunk(data)
             exchange.end()
-            response = web.Response(body=data, status=upstream.status)
-            _copy_headers(upstream.raw_headers, response.headers, RESPONSE_DROP)
+            response.body = data
             return response
 
-    async def _relay_stream(self, request, upstream, exchange) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status)
-        # a relayed stream is sent chunked: no Content-Length
-        _copy_headers(upstream.raw_headers, response.headers, STREAM_RESPONSE_DROP)
+    async def _relay_stream(self, request, upstream, exchange, response) -> web.StreamResponse:
         read = upstream.content.readany
         write = response.write
         keep = exchange.keeper()
@@ -302,6 +311,26 @@ def _copy_headers(raw: Iterable[tuple[bytes, bytes]], out: CIMultiDict, drop: fr
         text = name.decode("latin-1")
         if text.lower() not in drop:
             add(text, value.decode("latin-1"))
+
+
+def _copy_headers_reading(
+    raw: Iterable[tuple[bytes, bytes]], out: CIMultiDict, drop: frozenset
+) -> list[tuple[str, str]]:
+    """``_copy_headers``, returning the headers the recording core reads
+    (``RESPONSE_HEADERS_READ``, dropped ones included): it then scans two or three, not all."""
+    add = out.add
+    read = []
+    for name, value in raw:
+        text = name.decode("latin-1")
+        lower = text.lower()
+        if lower in RESPONSE_HEADERS_READ:
+            pair = (lower, value.decode("latin-1"))
+            read.append(pair)
+            if lower not in drop:
+                add(text, pair[1])
+        elif lower not in drop:
+            add(text, value.decode("latin-1"))
+    return read
 
 
 def _upstream_said(target, exc: BaseException) -> str:
