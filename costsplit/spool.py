@@ -77,12 +77,15 @@ class Spool:
 
     def append(self, event: UsageEvent) -> None:
         """Write ``event`` as one line; when this returns, a killed process cannot lose it."""
-        self.append_line(event.to_json_line())
+        self._write(event.to_json_line())  # orjson escapes newlines: the line has only its own
 
     def append_line(self, line: bytes) -> None:
         """Write one newline-terminated line (no other newline in it) in one ``os.write``."""
         if not line.endswith(b"\n") or line.find(b"\n") != len(line) - 1:
             raise SpoolError("a spool line must end with its only newline")
+        self._write(line)
+
+    def _write(self, line: bytes) -> None:
         with self._lock:
             if self._closed:
                 raise SpoolError(f"spool {self.directory} is closed")
