@@ -35,6 +35,7 @@ class ProxyRecording:
         self.settings = settings
         self.key_scenarios = dict(settings.proxy.key_scenarios)
         self._recorders: dict[tuple[str, str | None], Recorder] = {}
+        self._routes: dict[str, Recorder] = {}  # route name -> its recorder without a default
         self._defaults: dict[str, str | None] = {}  # Authorization value -> key's scenario
 
     def recorder(self, target: Target, scenario: str | None = None) -> Recorder:
@@ -47,14 +48,19 @@ class ProxyRecording:
                 None, self.settings, recorder="proxy", region=route.region, scenario=scenario
             )
             self._recorders[(route.name, scenario)] = recorder
+            if scenario is None:
+                self._routes[route.name] = recorder
         return recorder
 
     def begin(
         self, method: str, target: Target, headers: Iterable[tuple[str, str]], body: bytes
     ) -> Exchange:
         """The exchange for one call; raises ``ModelNotGranted`` when grants are enforced."""
-        default = self._key_scenario(headers) if self.key_scenarios else None
-        return self.recorder(target, default).begin(method, target.url, headers, body)
+        if self.key_scenarios:
+            recorder = self.recorder(target, self._key_scenario(headers))
+        else:
+            recorder = self._routes.get(target.route.name) or self.recorder(target)
+        return recorder.begin(method, target.url, headers, body)
 
     def _key_scenario(self, headers: Iterable[tuple[str, str]]) -> str | None:
         for name, value in headers:
