@@ -83,7 +83,7 @@ def generate(
         "workspace_observed": "''",
         "key_hint": "''",
         "scenario": "[NULL, 'triage', 'summarise', 'search', 'agent', NULL, 'eval', 'rag'][1 + (h // 7) % 8]",
-        "tags": "MAP {}",
+        "tags": "'{}'",
         "model_requested": "['qwen-plus', 'qwen-flash', 'qwen3-max', 'qwen-plus-latest', "
         "'text-embedding-v4', 'qwen-next-unknown'][1 + (h // 61) % 6]",
         "model_returned": "''",
@@ -107,7 +107,7 @@ def generate(
         "video_tokens": "0",
         "audio_output_tokens": "0",
         "image_count": "0",
-        "plugins": "MAP {}",
+        "plugins": "'{}'",
     }
     columns = ", ".join(COLUMNS)
     select = ", ".join(f"{values[c]} AS {c}" for c in COLUMNS)

@@ -5,7 +5,8 @@ a last-4 hint only) and never prompt or completion text. Workspace, scenario def
 are resolved later, at rollup, so a corrected mapping re-derives history.
 
 ``COLUMNS`` is the single source of the schema: the spool writes these keys as one JSON line,
-ingest reads them with these DuckDB types, and migration ``m001_events`` creates them.
+ingest reads them with these DuckDB types, and migration ``m001_events`` creates them
+(``tags`` and ``plugins`` are JSON text since ``m008_events_json_objects``).
 
 The line (``schema_version`` 2) holds ``event_id``, ``schema_version``, ``started_at`` and
 every other field whose value is not the field's default, in ``COLUMNS`` order; a field left
@@ -51,7 +52,7 @@ COLUMNS: dict[str, str] = {
     "key_hint": "VARCHAR",
     "workspace_observed": "VARCHAR",
     "scenario": "VARCHAR",
-    "tags": "MAP(VARCHAR, VARCHAR)",
+    "tags": "JSON",  # an object of strings (ingest checks it)
     "model_requested": "VARCHAR",
     "model_returned": "VARCHAR",
     "request_id": "VARCHAR",
@@ -74,7 +75,7 @@ COLUMNS: dict[str, str] = {
     "video_tokens": "BIGINT",
     "audio_output_tokens": "BIGINT",
     "image_count": "BIGINT",
-    "plugins": "MAP(VARCHAR, BIGINT)",
+    "plugins": "JSON",  # an object of BIGINT counts (ingest checks it)
 }
 
 TOKEN_COLUMNS = (
@@ -227,22 +228,29 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed_ids)
 
 
+# The first 13 characters of an id (48 bits of Unix milliseconds and the version digit) for
+# the last millisecond an id was made in: most ids of a busy process share it.
+_id_head: tuple[int, str] = (-1, "")
+
+
 def new_event_id() -> str:
     """A UUIDv7 string: unique, and ordered by creation time (RFC 9562 §5.7).
 
     48 bits of Unix milliseconds, then 74 random bits (12 ``rand_a`` + 62 ``rand_b``) from a
     per-process generator seeded from ``os.urandom`` and re-seeded in a forked child.
     """
+    global _id_head
+    milliseconds = time.time_ns() // 1_000_000
+    cached, head = _id_head
+    if milliseconds != cached:
+        text = f"{milliseconds & 0xFFFF_FFFF_FFFF:012x}"
+        head = f"{text[:8]}-{text[8:]}-7"
+        _id_head = (milliseconds, head)
     rand = _id_random.getrandbits(74)
-    value = (
-        (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80
-        | 0x7 << 76  # version 7
-        | (rand >> 62) << 64  # rand_a, 12 bits
-        | 0b10 << 62  # variant
-        | (rand & 0x3FFF_FFFF_FFFF_FFFF)  # rand_b, 62 bits
+    # rand_a (12 bits) | the variant 0b10 and the top 14 bits of rand_b | its low 48 bits
+    return (
+        f"{head}{rand >> 62:03x}-{0x8000 | rand >> 48 & 0x3FFF:04x}-{rand & 0xFFFF_FFFF_FFFF:012x}"
     )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def fingerprint_key(api_key: str) -> str:

@@ -191,6 +191,16 @@ def m007_price_tables(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m008_events_json_objects(con: duckdb.DuckDBPyConnection) -> None:
+    """``events.tags`` and ``events.plugins`` become JSON text instead of MAPs.
+
+    Nothing reads them in SQL, and ingest stores the line's JSON object as it is instead of
+    building a map (about a tenth of its work). An empty map becomes ``{}``, NULL stays NULL.
+    """
+    for column in ("tags", "plugins"):
+        con.execute(f"ALTER TABLE events ALTER {column} SET DATA TYPE JSON USING to_json({column})")
+
+
 MIGRATIONS: list[Migration] = [
     m001_events,
     m002_events_ingested_at,
@@ -199,6 +209,7 @@ MIGRATIONS: list[Migration] = [
     m005_deliveries,
     m006_close_coverage,
     m007_price_tables,
+    m008_events_json_objects,
 ]
 
 

@@ -125,8 +125,8 @@ def test_ingest_moves_events_and_removes_closed_segments(costsplit_home):
     ]
     first = dict(zip(COLUMNS, rows[1], strict=True))
     assert (first["tags"], first["plugins"], first["input_tokens"]) == (
-        {"team": "support"},
-        {},
+        '{"team":"support"}',
+        "{}",
         101,
     )
     assert list(settings.spool_dir.glob("*.jsonl")) == []
@@ -233,6 +233,47 @@ def test_malformed_lines_are_rejected_with_their_reason(costsplit_home):
     assert ingest_spool(settings) == IngestResult()  # the segment is gone, nothing counted twice
 
 
+def test_tags_and_plugins_are_kept_as_json_objects_of_strings_and_counts(costsplit_home):
+    settings = settings_for(costsplit_home)
+    odd = dataclasses.replace(
+        event(1), tags={'a"b': "c\\d", "é": "✓", "": ""}, plugins={"s": -(2**63), "t": 2**63 - 1}
+    )
+    good = [event(0).to_json_line(), odd.to_json_line()]
+    head = '{"event_id": "0190a000-0000-7000-8000-0000000000%02d", "schema_version": 2, '
+    wrong = [
+        '"tags": {"team": 1}}',
+        '"tags": {"team": null}}',
+        '"tags": ["team"]}',
+        '"tags": "team"}',
+        '"plugins": {"search": "2"}}',
+        '"plugins": {"search": 1.5}}',
+        '"plugins": {"search": 9223372036854775808}}',
+        '"plugins": [1]}',
+    ]
+    bad = [(head % (10 + i) + rest + "\n").encode() for i, rest in enumerate(wrong)]
+    write_segment(settings.spool_dir, "1-1-a.jsonl", b"".join(good + bad))
+    assert ingest_spool(settings) == IngestResult(ingested=2, rejected=8)
+    rows = [dict(zip(COLUMNS, row, strict=True)) for row in table(settings)]
+    assert [(r["tags"], r["plugins"]) for r in rows] == [
+        ("{}", '{"search":1}'),
+        (
+            '{"a\\"b":"c\\\\d","é":"✓","":""}',
+            '{"s":-9223372036854775808,"t":9223372036854775807}',
+        ),
+    ]
+    rejected = settings.spool_dir / "rejected" / "1-1-a.rejected.jsonl"
+    assert [orjson.loads(x)["reason"] for x in rejected.read_bytes().splitlines()] == [
+        "tags: {'team': 1} is not an object of VARCHAR",
+        "tags: {'team': None} is not an object of VARCHAR",
+        "tags: ['team'] is not an object of VARCHAR",
+        "tags: 'team' is not an object of VARCHAR",
+        "plugins: {'search': '2'} is not an object of BIGINT",
+        "plugins: {'search': 1.5} is not an object of BIGINT",
+        "plugins: {'search': 9223372036854775808} is not an object of BIGINT",
+        "plugins: [1] is not an object of BIGINT",
+    ]
+
+
 def test_the_cli_prints_the_counts(costsplit_home):
     settings = settings_for(costsplit_home)
     write_segment(settings.spool_dir, "1-1-a.jsonl", event(0).to_json_line() * 2 + b"{\n")
@@ -283,7 +324,7 @@ def test_a_line_of_the_first_spool_format_is_ingested_whole(costsplit_home):
         "key_hint": "…abcd",
         "workspace_observed": "ws-support0000000",
         "scenario": "support-bot",
-        "tags": {"team": "support"},
+        "tags": '{"team":"support"}',
         "model_requested": "qwen-plus",
         "model_returned": "qwen-plus",
         "request_id": "req-1",
@@ -306,7 +347,7 @@ def test_a_line_of_the_first_spool_format_is_ingested_whole(costsplit_home):
         "video_tokens": 0,
         "audio_output_tokens": 0,
         "image_count": 0,
-        "plugins": {"search": 2},
+        "plugins": '{"search":2}',
     }
 
 
@@ -318,7 +359,9 @@ def first_format(e: UsageEvent) -> bytes:
 
 def stored(e: UsageEvent, version: int) -> dict:
     fields = dataclasses.asdict(e) | {"schema_version": version}
-    return fields | {"started_at": datetime.fromisoformat(e.started_at)}
+    # tags and plugins are kept as the line's JSON objects, compact
+    json_text = {name: orjson.dumps(fields[name]).decode() for name in ("tags", "plugins")}
+    return fields | json_text | {"started_at": datetime.fromisoformat(e.started_at)}
 
 
 def test_lines_of_both_formats_give_the_same_rows_in_one_batch(costsplit_home):
@@ -351,7 +394,7 @@ def test_a_null_is_kept_in_a_first_format_line_and_means_the_default_in_a_later_
     write_segment(settings.spool_dir, "1-1-a.jsonl", b"".join(lines))
     assert ingest_spool(settings) == IngestResult(ingested=2)
     rows = [dict(zip(COLUMNS, row, strict=True)) for row in table(settings)]
-    assert [(r["error_code"], r["tags"]) for r in rows] == [(None, None), ("", {})]
+    assert [(r["error_code"], r["tags"]) for r in rows] == [(None, None), ("", "{}")]
 
 
 def test_ids_already_in_the_table_are_counted_and_leave_no_trace(costsplit_home):

@@ -82,3 +82,34 @@ def test_a_file_held_by_another_process_is_retried_then_reported(tmp_path):
     )
     with connect(database) as con:  # free again
         assert con.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_m008_turns_the_tags_and_plugins_maps_into_json_text(tmp_path):
+    from costsplit.migrations import m008_events_json_objects
+
+    database = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(database))
+    earlier = MIGRATIONS[: MIGRATIONS.index(m008_events_json_objects)]
+    con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    for migration in earlier:
+        migration(con)
+        con.execute("INSERT INTO _migrations VALUES (?, now())", [migration.__name__])
+    con.execute(
+        "INSERT INTO events (event_id, schema_version, tags, plugins) VALUES "
+        "('e1', 2, MAP {'team': 'support', 'q\"': 'é'}, MAP {'search': 2, 'code': 1}), "
+        "('e2', 2, MAP {}, MAP {}), ('e3', 1, NULL, NULL)"
+    )
+    con.close()
+    with connect(database) as con:
+        types = dict(
+            con.execute("SELECT column_name, column_type FROM (DESCRIBE events)").fetchall()
+        )
+        rows = con.execute(
+            "SELECT event_id, tags, plugins FROM events ORDER BY event_id"
+        ).fetchall()
+    assert (types["tags"], types["plugins"]) == ("JSON", "JSON")
+    assert rows == [
+        ("e1", '{"team":"support","q\\"":"é"}', '{"search":2,"code":1}'),
+        ("e2", "{}", "{}"),
+        ("e3", None, None),
+    ]
