@@ -228,29 +228,22 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed_ids)
 
 
-# The first 13 characters of an id (48 bits of Unix milliseconds and the version digit) for
-# the last millisecond an id was made in: most ids of a busy process share it.
-_id_head: tuple[int, str] = (-1, "")
-
-
 def new_event_id() -> str:
     """A UUIDv7 string: unique, and ordered by creation time (RFC 9562 §5.7).
 
     48 bits of Unix milliseconds, then 74 random bits (12 ``rand_a`` + 62 ``rand_b``) from a
     per-process generator seeded from ``os.urandom`` and re-seeded in a forked child.
     """
-    global _id_head
-    milliseconds = time.time_ns() // 1_000_000
-    cached, head = _id_head
-    if milliseconds != cached:
-        text = f"{milliseconds & 0xFFFF_FFFF_FFFF:012x}"
-        head = f"{text[:8]}-{text[8:]}-7"
-        _id_head = (milliseconds, head)
     rand = _id_random.getrandbits(74)
-    # rand_a (12 bits) | the variant 0b10 and the top 14 bits of rand_b | its low 48 bits
-    return (
-        f"{head}{rand >> 62:03x}-{0x8000 | rand >> 48 & 0x3FFF:04x}-{rand & 0xFFFF_FFFF_FFFF:012x}"
+    value = (
+        (time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF) << 80
+        | 0x7 << 76  # version 7
+        | (rand >> 62) << 64  # rand_a, 12 bits
+        | 0b10 << 62  # variant
+        | (rand & 0x3FFF_FFFF_FFFF_FFFF)  # rand_b, 62 bits
     )
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def fingerprint_key(api_key: str) -> str:
