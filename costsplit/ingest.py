@@ -59,25 +59,12 @@ _READ = (
 )
 _VERSIONS = ", ".join(str(v) for v in READ_VERSIONS)
 # ``tags`` and ``plugins`` are stored as the line's JSON text (``read_ndjson`` hands it back
-# compact), unparsed: the checks below keep them objects of strings and of BIGINT counts, as
-# ``_fits`` checks them line by line (the range of a count only where the line has plugins).
-_OBJECT_VALUES = {"tags": "VARCHAR", "plugins": "BIGINT"}
-
-
-def _object_pattern(value: str) -> str:
-    item = r'"(?:[^"\\]|\\.)*":' + value
-    return r"^\{(?:" + item + "(?:," + item + r")*)?\}$"
-
-
-_TAGS_PATTERN = _object_pattern(r'"(?:[^"\\]|\\.)*"')
-_PLUGINS_PATTERN = _object_pattern("-?[0-9]+")
-_COUNTS = "map_values(TRY_CAST(plugins AS MAP(VARCHAR, BIGINT)))"
+# compact), unparsed. They must be objects; their values are kept as given (costsplit writes
+# strings and counts): a tag of another type never costs a billed call its place in the table.
 _NOT_AN_EVENT = (
     f"event_id IS NULL OR event_id = '' OR schema_version IS NULL "
     f"OR schema_version NOT IN ({_VERSIONS}) "
-    f"OR NOT regexp_full_match(tags, '{_TAGS_PATTERN}') "
-    f"OR NOT regexp_full_match(plugins, '{_PLUGINS_PATTERN}') "
-    f"OR list_count({_COUNTS}) < len({_COUNTS})"
+    "OR NOT starts_with(tags, '{') OR NOT starts_with(plugins, '{')"
 )
 
 
@@ -620,9 +607,8 @@ def _line_problem(raw: bytes) -> str | None:
         if field is None:
             continue
         if kind == "JSON":
-            item_kind = _OBJECT_VALUES[name]
-            if not isinstance(field, dict) or not all(_fits(v, item_kind) for v in field.values()):
-                return f"{name}: {field!r} is not an object of {item_kind}"
+            if not isinstance(field, dict):
+                return f"{name}: {field!r} is not an object"
         elif not _fits(field, kind):
             return f"{name}: {field!r} is not {kind}"
     return None

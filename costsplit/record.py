@@ -156,11 +156,19 @@ def scenario(name: str | None, **tags: str) -> Iterator[None]:
     added to outer ones.
     """
     outer_name, outer_tags = _scenario.get()
-    token = _scenario.set((name if name is not None else outer_name, {**outer_tags, **tags}))
+    inner_tags = {**outer_tags, **_tag_texts(tags)}
+    token = _scenario.set((name if name is not None else outer_name, inner_tags))
     try:
         yield
     finally:
         _scenario.reset(token)
+
+
+def _tag_texts(tags: dict[str, Any]) -> dict[str, str]:
+    """Tags as text: ``scenario("x", run=7)`` tags the call ``run = "7"`` (tags are strings)."""
+    return {
+        str(name): value if isinstance(value, str) else str(value) for name, value in tags.items()
+    }
 
 
 # -- recording errors ---------------------------------------------------------------------------
@@ -264,7 +272,7 @@ class Recorder:
         self.recorder = recorder
         self.region = region or ""
         self.scenario = scenario
-        self.tags = dict(tags or {})
+        self.tags = _tag_texts(tags or {})
         self.clock = clock
         self.stream_tail_bytes = stream_tail_bytes
         self._targets: dict[str | tuple[str, str], _Target] = {}

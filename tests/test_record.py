@@ -137,6 +137,14 @@ def test_scenario_precedence_and_header_removal():
     )
 
 
+def test_tag_values_are_recorded_as_text():
+    rec, sink = recorder(tags={"build": 42})
+    with scenario("nightly", run=7, dry=False):
+        rec.begin("POST", CHAT, headers(), b'{"model":"qwen-flash"}').error(TimeoutError())
+    [event] = sink
+    assert event.tags == {"build": "42", "run": "7", "dry": "False"}
+
+
 def test_closed_before_any_response_is_interrupted_with_the_input_estimate():
     # A proxy caller gone while the request is upstream: Model Studio may bill the call.
     rec, sink = recorder()
