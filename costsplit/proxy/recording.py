@@ -89,7 +89,6 @@ class _Unrecorded:
     __slots__ = ()
     request_headers = None
     request_body = None
-    done = True
 
     def keeper(self) -> None:
         return None
