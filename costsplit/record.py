@@ -274,6 +274,10 @@ class Recorder:
         self.scenario = scenario
         self.tags = _tag_texts(tags or {})
         self.clock = clock
+        # ``started_at`` text: the system clock read as an integer is the cheap common case.
+        self.timestamp: Callable[[], str] = (
+            utc_timestamp if clock is time.time else lambda: utc_timestamp(clock())
+        )
         self.stream_tail_bytes = stream_tail_bytes
         self._targets: dict[str | tuple[str, str], _Target] = {}
         self._keys: dict[str, _Key] = {}
@@ -456,7 +460,7 @@ class Exchange:
 
         self.event = _new_event(
             new_event_id(),
-            utc_timestamp(recorder.clock()),
+            recorder.timestamp(),
             recorder.recorder,
             target.api_style,
             target.endpoint,
