@@ -225,25 +225,15 @@ class AsyncRecordingBody:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         exchange = self._exchange
-        keep = exchange.keeper()
-        if keep is None:
+        if exchange.keeper() is None:  # nothing more to record
             async for chunk in self._inner:
                 yield chunk
             return
-        count = 0
         try:
             async for chunk in self._inner:
-                keep(chunk)
-                count += 1
-                if count == 1:
-                    exchange.first_chunk()
-                elif not count % BATCH_CHUNKS:
-                    exchange.trim()
-                if exchange.filter_usage:
-                    chunk = exchange.filter(chunk)
-                    if not chunk:
-                        continue
-                yield chunk
+                chunk = exchange.chunk(chunk)  # kept; filtered when include_usage was injected
+                if chunk:
+                    yield chunk
         except GeneratorExit:
             exchange.close()
             raise

@@ -71,7 +71,6 @@ RESPONSE_DROP = frozenset(
     }
 )
 STREAM_RESPONSE_DROP = RESPONSE_DROP | {"content-length"}
-TRIM_CHUNKS = 256  # stream chunks between bounds on what the recording core keeps
 
 
 class Forwarder:
@@ -201,28 +200,17 @@ class Forwarder:
     async def _relay_stream(self, request, upstream, exchange, response) -> web.StreamResponse:
         read = upstream.content.readany
         write = response.write
-        keep = exchange.keeper()
+        recorded = exchange.keeper() is not None
         try:
             await response.prepare(request)
-            if keep is None:  # nothing recorded: relay as it comes
+            if not recorded:  # nothing recorded: relay as it comes
                 while piece := await read():
                     await write(piece)
             else:
-                # Per chunk: a list append for the core and, only while it filters what the
-                # include_usage it injected adds, its filter (the core's ``chunk``, unrolled).
-                count = 0
                 while piece := await read():
-                    keep(piece)
-                    count += 1
-                    if count == 1:
-                        exchange.first_chunk()
-                    elif not count % TRIM_CHUNKS:
-                        exchange.trim()
-                    if exchange.filter_usage:
-                        piece = exchange.filter(piece)
-                        if not piece:
-                            continue
-                    await write(piece)
+                    piece = exchange.chunk(piece)  # kept; filtered when include_usage was injected
+                    if piece:
+                        await write(piece)
             rest = exchange.end()
             if rest:
                 await write(rest)
