@@ -19,11 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from costsplit.config import Settings
-from costsplit.events import fingerprint_key
 from costsplit.proxy.routes import Target
 from costsplit.record import Exchange, Recorder
-
-KEYS_REMEMBERED = 1024  # Authorization values whose default scenario is kept (in memory only)
 
 
 class ProxyRecording:
@@ -36,7 +33,6 @@ class ProxyRecording:
         self.key_scenarios = dict(settings.proxy.key_scenarios)
         self._recorders: dict[tuple[str, str | None], Recorder] = {}
         self._routes: dict[str, Recorder] = {}  # route name -> its recorder without a default
-        self._defaults: dict[str, str | None] = {}  # Authorization value -> key's scenario
 
     def recorder(self, target: Target, scenario: str | None = None) -> Recorder:
         """The route's recorder; with a per-key default ``scenario``, one per scenario (the
@@ -56,31 +52,20 @@ class ProxyRecording:
         self, method: str, target: Target, headers: Iterable[tuple[str, str]], body: bytes
     ) -> Exchange:
         """The exchange for one call; raises ``ModelNotGranted`` when grants are enforced."""
+        recorder = self._routes.get(target.route.name) or self.recorder(target)
         if self.key_scenarios:
-            recorder = self.recorder(target, self._key_scenario(headers))
-        else:
-            recorder = self._routes.get(target.route.name) or self.recorder(target)
+            default = self._key_scenario(recorder, headers)
+            if default is not None:
+                recorder = self.recorder(target, default)
         return recorder.begin(method, target.url, headers, body)
 
-    def _key_scenario(self, headers: Iterable[tuple[str, str]]) -> str | None:
+    def _key_scenario(self, recorder: Recorder, headers: Iterable[tuple[str, str]]) -> str | None:
+        # The recorder knows each key's fingerprint already (hashed once per Authorization value).
         for name, value in headers:
             if name.lower() == "authorization":
-                return self._default_of(value)
+                fingerprint = recorder.key(value).fingerprint
+                return self.key_scenarios.get(fingerprint) if fingerprint else None
         return None
-
-    def _default_of(self, authorization: str) -> str | None:
-        # Hashing a key costs more than the rest of reading a request: once per key value.
-        try:
-            return self._defaults[authorization]
-        except KeyError:
-            pass
-        scheme, _, key = authorization.strip().partition(" ")
-        key = key if scheme.lower() == "bearer" else authorization
-        default = self.key_scenarios.get(fingerprint_key(key)) if key.strip() else None
-        if len(self._defaults) >= KEYS_REMEMBERED:
-            self._defaults.clear()
-        self._defaults[authorization] = default
-        return default
 
 
 class _Unrecorded:
