@@ -38,7 +38,7 @@ USAGE_SOURCES = ("reported", "estimated", "missing")
 
 # name -> DuckDB type, in table order.
 COLUMNS: dict[str, str] = {
-    "event_id": "VARCHAR",
+    "event_id": "UUID",  # the de-duplication key; a line whose id is not a UUID is rejected
     "schema_version": "SMALLINT",
     "started_at": "TIMESTAMPTZ",
     "latency_us": "BIGINT",

@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -62,7 +63,7 @@ _VERSIONS = ", ".join(str(v) for v in READ_VERSIONS)
 # compact), unparsed. They must be objects; their values are kept as given (costsplit writes
 # strings and counts): a tag of another type never costs a billed call its place in the table.
 _NOT_AN_EVENT = (
-    f"event_id IS NULL OR event_id = '' OR schema_version IS NULL "
+    f"event_id IS NULL OR schema_version IS NULL "
     f"OR schema_version NOT IN ({_VERSIONS}) "
     "OR NOT starts_with(tags, '{') OR NOT starts_with(plugins, '{')"
 )
@@ -312,12 +313,13 @@ class _Run:
                 first = f.readline(65536)
             with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
                 event_id = orjson.loads(first).get("event_id")
-                if isinstance(event_id, str):
+                if _fits(event_id, "UUID"):
                     ids.append(event_id)
         if not ids:
             return False
         (known,) = self.con.execute(
-            "SELECT count(*) FROM events WHERE event_id IN (SELECT unnest($ids))", {"ids": ids}
+            "SELECT count(*) FROM events WHERE event_id IN (SELECT unnest($ids::UUID[]))",
+            {"ids": ids},
         ).fetchone()
         return known > 0
 
@@ -585,6 +587,8 @@ def _column_list() -> str:
     return ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
 
 
+# DuckDB's UUID text: 32 hex digits, hyphens anywhere, optionally in braces.
+_UUID = re.compile(r"\{[0-9a-fA-F-]+\}|[0-9a-fA-F-]+")
 _INT_RANGES = {"SMALLINT": (-(2**15), 2**15 - 1), "BIGINT": (-(2**63), 2**63 - 1)}
 
 
@@ -599,6 +603,8 @@ def _line_problem(raw: bytes) -> str | None:
     event_id = value.get("event_id")
     if not isinstance(event_id, str) or not event_id:
         return "missing event_id"
+    if not _fits(event_id, "UUID"):
+        return f"event_id {event_id!r} is not a UUID"
     version = value.get("schema_version")
     if version not in READ_VERSIONS or isinstance(version, bool):
         return f"unknown schema_version {version!r} (this costsplit reads {_VERSIONS})"
@@ -622,6 +628,12 @@ def _fits(value: object, kind: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
     if kind == "BOOLEAN":
         return isinstance(value, bool)
+    if kind == "UUID":
+        return (
+            isinstance(value, str)
+            and _UUID.fullmatch(value) is not None
+            and len(value.strip("{}").replace("-", "")) == 32
+        )
     if kind == "TIMESTAMPTZ":
         if not isinstance(value, str):
             return False

@@ -76,7 +76,7 @@ def start(code: str, *args: str, home: Path | None = None, stdin=None) -> subpro
 
 
 def table(settings: Settings) -> list[tuple]:
-    columns = ", ".join(COLUMNS)
+    columns = ", ".join("event_id::VARCHAR" if c == "event_id" else c for c in COLUMNS)
     with connect(settings.database) as con:
         return con.execute(f"SELECT {columns} FROM events ORDER BY event_id").fetchall()
 
@@ -84,7 +84,10 @@ def table(settings: Settings) -> list[tuple]:
 def event_ids(settings: Settings) -> list[str]:
     with connect(settings.database) as con:
         return [
-            r[0] for r in con.execute("SELECT event_id FROM events ORDER BY event_id").fetchall()
+            r[0]
+            for r in con.execute(
+                "SELECT event_id::VARCHAR FROM events ORDER BY event_id"
+            ).fetchall()
         ]
 
 
@@ -200,19 +203,22 @@ def test_a_torn_line_waits_while_open_and_is_quarantined_once_closed(costsplit_h
 def test_malformed_lines_are_rejected_with_their_reason(costsplit_home):
     settings = settings_for(costsplit_home)
     good = [event(i).to_json_line() for i in range(3)]
+    ids = [event(i).event_id.encode() for i in range(10, 14)]
     bad = [
         b"not json\n",
-        b'{"event_id": "x1", "schema_version": 1, "input_tokens": "many"}\n',
+        b'{"event_id": "%s", "schema_version": 1, "input_tokens": "many"}\n' % ids[1],
         b'{"schema_version": 1, "model_requested": "qwen-plus"}\n',
-        b'{"event_id": "x2", "schema_version": 9}\n',
+        b'{"event_id": "%s", "schema_version": 9}\n' % ids[2],
         b"[1, 2]\n",
-        b'{"event_id": "x3", "schema_version": 1, "started_at": "yesterday"}\n',
+        b'{"event_id": "%s", "schema_version": 1, "started_at": "yesterday"}\n' % ids[3],
+        b'{"event_id": "x4", "schema_version": 2}\n',
     ]
-    lines = [good[0], bad[0], bad[1], good[1], b"\n", bad[2], bad[3], bad[4], bad[5], good[2]]
+    lines = [good[0], bad[0], bad[1], good[1], b"\n", bad[2], bad[3], bad[4], bad[5], bad[6]]
+    lines.append(good[2])
     write_segment(settings.spool_dir, "1-1-a.jsonl", b"".join(lines))
     write_segment(settings.spool_dir, "2-1-a.jsonl", event(7).to_json_line())
     assert ingest_spool(settings) == IngestResult(
-        ingested=4, duplicates=0, rejected=6, quarantined=0
+        ingested=4, duplicates=0, rejected=7, quarantined=0
     )
     assert event_ids(settings) == [event(i).event_id for i in (0, 1, 2, 7)]
     records = [
@@ -229,6 +235,7 @@ def test_malformed_lines_are_rejected_with_their_reason(costsplit_home):
         (offsets[6], bad[3][:-1].decode(), "unknown schema_version 9 (this costsplit reads 1, 2)"),
         (offsets[7], "[1, 2]", "not a JSON object but list"),
         (offsets[8], bad[5][:-1].decode(), "started_at: 'yesterday' is not TIMESTAMPTZ"),
+        (offsets[9], bad[6][:-1].decode(), "event_id 'x4' is not a UUID"),
     ]
     assert ingest_spool(settings) == IngestResult()  # the segment is gone, nothing counted twice
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
+import uuid
 
 import duckdb
 import pytest
@@ -84,20 +86,27 @@ def test_a_file_held_by_another_process_is_retried_then_reported(tmp_path):
         assert con.execute("SELECT 1").fetchone() == (1,)
 
 
+def database_before(path, migration) -> duckdb.DuckDBPyConnection:
+    """A database file migrated up to, not including, ``migration``: a user's older costsplit."""
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
+    for earlier in MIGRATIONS[: MIGRATIONS.index(migration)]:
+        earlier(con)
+        con.execute("INSERT INTO _migrations VALUES (?, now())", [earlier.__name__])
+    return con
+
+
 def test_m008_turns_the_tags_and_plugins_maps_into_json_text(tmp_path):
     from costsplit.migrations import m008_events_json_objects
 
     database = tmp_path / "old.duckdb"
-    con = duckdb.connect(str(database))
-    earlier = MIGRATIONS[: MIGRATIONS.index(m008_events_json_objects)]
-    con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ)")
-    for migration in earlier:
-        migration(con)
-        con.execute("INSERT INTO _migrations VALUES (?, now())", [migration.__name__])
+    con = database_before(database, m008_events_json_objects)
     con.execute(
         "INSERT INTO events (event_id, schema_version, tags, plugins) VALUES "
-        "('e1', 2, MAP {'team': 'support', 'q\"': 'é'}, MAP {'search': 2, 'code': 1}), "
-        "('e2', 2, MAP {}, MAP {}), ('e3', 1, NULL, NULL)"
+        "('0190a000-0000-7000-8000-000000000001', 2, "
+        "MAP {'team': 'support', 'q\"': 'é'}, MAP {'search': 2, 'code': 1}), "
+        "('0190a000-0000-7000-8000-000000000002', 2, MAP {}, MAP {}), "
+        "('0190a000-0000-7000-8000-000000000003', 1, NULL, NULL)"
     )
     con.close()
     with connect(database) as con:
@@ -105,11 +114,35 @@ def test_m008_turns_the_tags_and_plugins_maps_into_json_text(tmp_path):
             con.execute("SELECT column_name, column_type FROM (DESCRIBE events)").fetchall()
         )
         rows = con.execute(
-            "SELECT event_id, tags, plugins FROM events ORDER BY event_id"
+            "SELECT right(event_id::VARCHAR, 1), tags, plugins FROM events ORDER BY event_id"
         ).fetchall()
     assert (types["tags"], types["plugins"]) == ("JSON", "JSON")
     assert rows == [
-        ("e1", '{"team":"support","q\\"":"é"}', '{"search":2,"code":1}'),
-        ("e2", "{}", "{}"),
-        ("e3", None, None),
+        ("1", '{"team":"support","q\\"":"é"}', '{"search":2,"code":1}'),
+        ("2", "{}", "{}"),
+        ("3", None, None),
     ]
+
+
+def test_m009_stores_event_ids_as_uuids_and_keeps_a_foreign_id_as_its_md5(tmp_path):
+    from costsplit.migrations import m009_events_uuid_ids
+
+    database = tmp_path / "old.duckdb"
+    con = database_before(database, m009_events_uuid_ids)
+    ours = "0190a000-0000-7000-8000-00000000abcd"
+    con.execute(
+        "INSERT INTO events (event_id, schema_version, input_tokens) VALUES "
+        "(?, 2, 10), ('written-by-hand', 1, 20)",
+        [ours],
+    )
+    con.close()
+    with connect(database) as con:
+        types = dict(
+            con.execute("SELECT column_name, column_type FROM (DESCRIBE events)").fetchall()
+        )
+        rows = con.execute(
+            "SELECT event_id::VARCHAR, input_tokens FROM events ORDER BY input_tokens"
+        ).fetchall()
+    assert types["event_id"] == "UUID"
+    digest = hashlib.md5(b"written-by-hand").hexdigest()
+    assert rows == [(ours, 10), (str(uuid.UUID(digest)), 20)]
