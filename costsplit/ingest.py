@@ -81,25 +81,31 @@ def _sql_literal(value: object, kind: str) -> str:
     raise TypeError(f"no SQL literal for the default {value!r}")
 
 
-def _stored(name: str) -> str:
+def _stored(name: str, *, any_version: bool = True) -> str:
     """The value stored for column ``name``: a version-1 line holds every field as it is; a
-    later line leaves defaults out, so an absent (or null) field takes its default."""
+    later line leaves defaults out, so an absent (or null) field takes its default. Without
+    ``any_version`` (no version-1 line among the rows) a null simply takes the default."""
     default = DEFAULTS.get(name)
     if default is None:
         return name
     literal = _sql_literal(default, COLUMNS[name])
+    if not any_version:
+        return f"coalesce({name}, {literal})"
     return f"CASE WHEN schema_version = 1 THEN {name} ELSE coalesce({name}, {literal}) END"
 
 
 # The select list that turns ``read_ndjson``'s columns (typed by ``COLUMNS``) into the stored
 # values: defaults filled in where a line left them out.
 STORED_COLUMNS = ", ".join(_stored(name) for name in COLUMNS)
+# The same for lines of today's layout only (the fast statement: a version-1 line among them,
+# written by a recorder older than schema version 2, sends its group the careful way).
+_LATEST_COLUMNS = ", ".join(_stored(name, any_version=False) for name in COLUMNS)
 # The fast statement streams every line into ``events`` (both cores parse and compress); a line
 # that is not an event stops it. Its de-duplication is checked afterwards, inside the same
 # transaction (see ``fast_commit``).
 _FAST_INSERT = f"""
     INSERT INTO events ({_NAMES})
-    SELECT {STORED_COLUMNS} FROM (
+    SELECT {_LATEST_COLUMNS} FROM (
         SELECT * REPLACE (
             CASE WHEN {_NOT_AN_EVENT} THEN error('costsplit: a line is not an event')
             ELSE event_id END AS event_id
@@ -262,8 +268,9 @@ class _Run:
 
         Every line is inserted by one streaming statement, then checked inside the same
         transaction: the rows it added (this transaction's ``ingested_at``) must be exactly
-        the lines, and the ids in their range (``events`` is pruned to it by its zone maps)
-        must all differ — no id repeated within the batch or already in the table. Anything
+        the lines, none of schema version 1 (whose nulls stay null: the statement gives every
+        null its default), and the ids in their range (``events`` is pruned to it by its zone
+        maps) must all differ — no id repeated within the batch or already in the table. Anything
         else rolls the whole group back for the careful path; so does a group whose first
         line of some file is already in the table (a re-ingest), before any work is spent.
         """
@@ -280,12 +287,12 @@ class _Run:
             except duckdb.Error:
                 con.execute("ROLLBACK")
                 return False, 0, 0
-            added, low, high = con.execute(
-                "SELECT count(*), min(event_id), max(event_id) FROM events "
-                "WHERE ingested_at = current_timestamp"
+            added, older, low, high = con.execute(
+                "SELECT count(*), count(*) FILTER (schema_version = 1), min(event_id), "
+                "max(event_id) FROM events WHERE ingested_at = current_timestamp"
             ).fetchone()
             repeats = 0
-            if added == inserted and inserted:
+            if added == inserted and inserted and not older:
                 # Distinct 64-bit hashes are cheaper to count than distinct strings (0.14 vs
                 # 0.18 CPU-s per million); a collision only sends the group the careful way.
                 (repeats,) = con.execute(
@@ -293,7 +300,7 @@ class _Run:
                     "WHERE event_id BETWEEN $low AND $high",
                     {"low": low, "high": high},
                 ).fetchone()
-            if added != inserted or repeats:
+            if added != inserted or older or repeats:
                 con.execute("ROLLBACK")
                 return False, 0, 0
             self.record(group, forget_others, inserted, 0)
