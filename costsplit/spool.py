@@ -89,7 +89,7 @@ class Spool:
         with self._lock:
             if self._closed:
                 raise SpoolError(f"spool {self.directory} is closed")
-            if self._pid != os.getpid():
+            if self._fd < 0:  # none yet in this process (a forked child's is dropped at fork)
                 self._open_segment()
             elif self._size >= self.max_segment_bytes:
                 self._finish_segment()
