@@ -22,8 +22,8 @@ segment whose lock is free is closed (its writer closed it or died): its torn la
 quarantined, and once every byte is accounted for the segment file is removed. Lines that are
 not events (bad JSON, wrong types, no ``event_id`` or one that is not a UUID, unknown
 ``schema_version``) go to ``<spool>/rejected/<segment>.rejected.jsonl`` with their offset and
-reason; they are counted, never raised. An empty ``.<segment>.new`` left by a writer that died between creating and
-naming its segment is removed once its lock is free and it is older than
+reason; they are counted, never raised. An empty ``.<segment>.new`` left by a writer that died
+between creating and naming its segment is removed once its lock is free and it is older than
 ``STALE_NEW_SECONDS``.
 """
 
