@@ -29,9 +29,10 @@ from pathlib import Path
 
 import duckdb
 import orjson
+from typical import reported_chat_call
 
 from costsplit.config import load_settings
-from costsplit.events import COLUMNS, UsageEvent, new_event_id, utc_timestamp
+from costsplit.events import COLUMNS, UsageEvent, new_event_id
 from costsplit.ingest import ingest_spool
 from costsplit.store import connect
 
@@ -49,31 +50,6 @@ def write_segments(spool: Path, ids: list[str], template: bytes, round_: int) ->
         chunk = ids[s * per : (s + 1) * per] if s < SEGMENTS - 1 else ids[s * per :]
         data = b"".join(template.replace(placeholder, i.encode()) for i in chunk)
         (spool / f"{round_}{s:03d}-0-bench{s}.jsonl").write_bytes(data)
-
-
-def bench_event() -> UsageEvent:
-    """A reported chat call as the recorder writes it (the id is a placeholder)."""
-    return UsageEvent(
-        event_id="00000000-0000-0000-0000-000000000000",
-        started_at=utc_timestamp(),
-        latency_us=812_345,
-        api_style="openai-compatible",
-        host="dashscope-intl.aliyuncs.com",
-        region="ap-southeast-1",
-        key_fingerprint="sha256:0123456789abcdef",
-        key_hint="…abcd",
-        scenario="support-bot",
-        tags={"team": "support"},
-        model_requested="qwen-plus",
-        model_returned="qwen-plus",
-        request_id="req-0",
-        http_status=200,
-        usage_source="reported",
-        input_tokens=1200,
-        output_tokens=300,
-        total_tokens=1500,
-        cached_tokens=200,
-    )
 
 
 class Anchor:
@@ -140,7 +116,7 @@ def main() -> None:
     parser.add_argument("--first-format", action="store_true")
     args = parser.parse_args()
     total = args.events
-    event = bench_event()
+    event = reported_chat_call(event_id="00000000-0000-0000-0000-000000000000", request_id="req-0")
     if args.first_format:
         fields = dataclasses.asdict(event) | {"schema_version": 1}
         template = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)

@@ -16,30 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from costsplit.events import UsageEvent, utc_timestamp
+from typical import reported_chat_call
+
 from costsplit.spool import Spool
 
 TARGET_MEDIAN_US = 15.0
 
 
 def measure(folder: Path, fsync_interval: float, count: int) -> list[float]:
-    event = UsageEvent(
-        started_at=utc_timestamp(),
-        host="dashscope-intl.aliyuncs.com",
-        region="ap-southeast-1",
-        key_fingerprint="sha256:0123456789abcdef",
-        key_hint="…abcd",
-        scenario="support-bot",
-        tags={"team": "support"},
-        model_requested="qwen-plus",
-        model_returned="qwen-plus",
-        request_id="9f5e5a0c-1b2d-4c3e-8f7a-0123456789ab",
-        http_status=200,
-        usage_source="reported",
-        input_tokens=1200,
-        output_tokens=300,
-        total_tokens=1500,
-    )
+    event = reported_chat_call()
     samples = []
     with Spool(folder, fsync_interval=fsync_interval) as spool:
         spool.append(event)  # opens the segment outside the timing

@@ -96,6 +96,10 @@ def database_before(path, migration) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def event_column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    return dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE events)").fetchall())
+
+
 def test_m008_turns_the_tags_and_plugins_maps_into_json_text(tmp_path):
     from costsplit.migrations import m008_events_json_objects
 
@@ -110,9 +114,7 @@ def test_m008_turns_the_tags_and_plugins_maps_into_json_text(tmp_path):
     )
     con.close()
     with connect(database) as con:
-        types = dict(
-            con.execute("SELECT column_name, column_type FROM (DESCRIBE events)").fetchall()
-        )
+        types = event_column_types(con)
         rows = con.execute(
             "SELECT right(event_id::VARCHAR, 1), tags, plugins FROM events ORDER BY event_id"
         ).fetchall()
@@ -137,9 +139,7 @@ def test_m009_stores_event_ids_as_uuids_and_keeps_a_foreign_id_as_its_md5(tmp_pa
     )
     con.close()
     with connect(database) as con:
-        types = dict(
-            con.execute("SELECT column_name, column_type FROM (DESCRIBE events)").fetchall()
-        )
+        types = event_column_types(con)
         rows = con.execute(
             "SELECT event_id::VARCHAR, input_tokens FROM events ORDER BY input_tokens"
         ).fetchall()
