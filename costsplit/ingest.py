@@ -19,7 +19,9 @@ statement, made the insert wait for the whole batch to be read: about half the w
 
 A segment whose writer still holds its lock is open: its torn last line (if any) waits. A
 segment whose lock is free is closed (its writer closed it or died): its torn last line is
-quarantined, and once every byte is accounted for the segment file is removed. Lines that are
+quarantined, and once every byte is accounted for the segment file is removed. The zero bytes
+a writer reserved past its lines are not lines: a segment's lines end before them (see
+``spool``). Lines that are
 not events (bad JSON, wrong types, no ``event_id`` or one that is not a UUID, unknown
 ``schema_version``) go to ``<spool>/rejected/<segment>.rejected.jsonl`` with their offset and
 reason; they are counted, never raised. An empty ``.<segment>.new`` left by a writer that died
@@ -52,6 +54,8 @@ REJECTED_DIR = "rejected"
 WORK_DIR = "ingest-work"  # the bytes of one run; no ``.jsonl`` at the top level, so never a segment
 MAX_BATCH_BYTES = 1024 * 1024 * 1024  # new spool bytes per transaction (≈ 1,200,000 events)
 STALE_NEW_SECONDS = 60.0
+_PAGE = 4096
+_SETTLING_BYTES = 64 * 1024  # near the end of the lines, where a copy may still be under way
 
 _NAMES = ", ".join(COLUMNS)
 _READ = (
@@ -130,6 +134,7 @@ class _Segment:
     path: Path
     start: int  # offset remembered from the last run
     end: int  # end of the last complete line
+    written: int  # end of what the writer wrote (its reserved zero tail, if any, follows)
     size: int
     closed: bool
 
@@ -508,8 +513,8 @@ def _plan(segments: list[_Segment], max_batch_bytes: int) -> list[_Group]:
             groups.append(current)
         current.segments.append(seg)
         size += new
-        if seg.closed and seg.end < seg.size:
-            tail = _read(seg.path, seg.end, seg.size)
+        if seg.closed and seg.end < seg.written:
+            tail = _read(seg.path, seg.end, seg.written)
             reason = "torn last line: the writer stopped mid-write"
             _reject(current, seg, seg.end, tail, reason, quarantine=True)
     return groups or [_Group([])]
@@ -561,7 +566,8 @@ def _inspect(path: Path, start: int) -> _Segment:
             closed = False
         size = os.fstat(fd).st_size
         start = min(start, size)
-        end = size
+        written = _written_end(fd, start, size)
+        end = _before_first_zero(fd, start, written)
         block = 64 * 1024
         while end > start:
             low = max(start, end - block)
@@ -571,9 +577,39 @@ def _inspect(path: Path, start: int) -> _Segment:
                 end = low + newline + 1
                 break
             end = low
-        return _Segment(path=path, start=start, end=end, size=size, closed=closed)
+        return _Segment(path=path, start=start, end=end, written=written, size=size, closed=closed)
     finally:
         os.close(fd)
+
+
+def _written_end(fd: int, start: int, size: int) -> int:
+    """Where the bytes the writer wrote end: before the zero tail the spool reserves."""
+    if size <= start or os.pread(fd, 1, size - 1) != b"\0":
+        return size
+    low, high = start, size  # the bytes from high on are zero; the written ones end in between
+    while high - low > _PAGE:
+        middle = (low + high) // 2
+        page = os.pread(fd, _PAGE, middle)
+        kept = len(page.rstrip(b"\0"))
+        if kept == 0:
+            high = middle
+        elif kept < len(page):
+            return middle + kept
+        else:
+            low = middle + len(page)
+    return low + len(os.pread(fd, high - low, low).rstrip(b"\0"))
+
+
+def _before_first_zero(fd: int, start: int, written: int) -> int:
+    """``written``, or the first zero byte close before it.
+
+    No line holds a zero byte. One shows in a line whose copy a kill cut short, or whose bytes
+    other processors do not all see yet: such a line is not written yet, so an open segment's
+    waits for the next run and a closed one's is its torn tail.
+    """
+    settling = max(start, written - _SETTLING_BYTES)
+    zero = os.pread(fd, written - settling, settling).find(b"\0")
+    return written if zero < 0 else settling + zero
 
 
 def _read(path: Path, start: int, end: int) -> bytes:

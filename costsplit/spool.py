@@ -2,10 +2,19 @@
 
 DuckDB lets one process hold a database file, and recorders run inside many application
 processes. So a recorder never touches the database: it appends each event as one JSON line to
-its process's own segment with a single ``os.write`` on an ``O_APPEND`` descriptor, in the
-caller's thread. Once ``append`` returns, the line is in the kernel, so a killed process loses
-nothing it acknowledged; a background thread ``fsync``s the segment at most every
-``fsync_interval`` seconds (0 = ``fsync`` each event) to bound what a power loss can take.
+its process's own segment, in the caller's thread. The segment is reserved on disk ahead
+(``posix_fallocate``) and mapped shared into memory, so an append is a copy into the page cache,
+with no system call: once ``append`` returns, the line is in the kernel's pages of the file, so
+a killed process loses nothing it acknowledged, and a full disk shows when a segment is
+reserved, never halfway through a line. A background thread ``fsync``s the segment at most every
+``fsync_interval`` seconds (0 = ``fsync`` each event) to bound what a power loss can take. Where
+a file cannot be mapped, the spool falls back to one ``pwrite`` per line, with the same
+promises.
+
+The reserved space past the last line reads as zero bytes, and no line contains one (JSON
+escapes it). A writer that closes its segment cuts it to its lines; a killed writer leaves the
+zero tail, and a line caught mid-copy may have zeros in it. Ingest reads a segment up to its
+first zero byte and treats a line with one as not yet written (``ingest._inspect``).
 
 The writer holds an exclusive ``flock`` on its segment for as long as it may write to it. Ingest
 tells an open segment (lock held) from a closed or dead one (lock free: the kernel releases the
@@ -13,6 +22,8 @@ lock of a killed process), and only removes, or quarantines the torn last line o
 whose lock is free. A forked child never writes to its parent's segment: it opens its own.
 
 Segment names: ``<start time ns>-<pid>-<random>.jsonl``; ingest reads ``*.jsonl`` in the folder.
+A process's first segment reserves ``FIRST_SEGMENT_BYTES``; each next one twice the last, up to
+``max_segment_bytes``, so a short-lived process holds little disk and a busy one rarely moves on.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
+import mmap
 import os
 import secrets
 import threading
@@ -31,20 +43,24 @@ from typing import TYPE_CHECKING
 from costsplit.errors import SpoolError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from costsplit.config import Settings
     from costsplit.events import UsageEvent
 
 SEGMENT_SUFFIX = ".jsonl"
-MAX_SEGMENT_BYTES = 64 * 1024 * 1024  # a long-lived writer moves to a new segment past this
+FIRST_SEGMENT_BYTES = 1024 * 1024
+MAX_SEGMENT_BYTES = 16 * 1024 * 1024
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
 
 class Spool:
     """Appends JSON lines to this process's own segment in ``directory``.
 
-    Thread-safe. ``append`` costs one ``os.write`` (plus one ``fsync`` when ``fsync_interval``
-    is 0); errors are raised as ``SpoolError`` and a recorder decides what to do with them.
+    Thread-safe. ``append`` copies the line into the mapped segment (plus one ``fsync`` when
+    ``fsync_interval`` is 0); errors are raised as ``SpoolError`` and a recorder decides what to
+    do with them.
     """
 
     def __init__(
@@ -53,6 +69,7 @@ class Spool:
         fsync_interval: float = 0.05,
         *,
         max_segment_bytes: int = MAX_SEGMENT_BYTES,
+        first_segment_bytes: int = FIRST_SEGMENT_BYTES,
     ) -> None:
         if fsync_interval < 0:
             raise ValueError("fsync_interval must be 0 or more")
@@ -61,9 +78,12 @@ class Spool:
         self.max_segment_bytes = max_segment_bytes
         self._lock = threading.Lock()
         self._fd = -1
+        self._map: mmap.mmap | None = None  # None: no segment, or one written with os.write
         self._pid = -1
         self._path: Path | None = None
-        self._size = 0
+        self._used = 0  # bytes of lines in the segment
+        self._capacity = 0  # bytes the segment may hold; 0 = no segment in this process
+        self._next_capacity = min(first_segment_bytes, max_segment_bytes)
         self._dirty = False
         self._closed = False
         self._wake = threading.Event()
@@ -80,27 +100,27 @@ class Spool:
         self._write(event.to_json_line())  # orjson escapes newlines: the line has only its own
 
     def append_line(self, line: bytes) -> None:
-        """Write one newline-terminated line (no other newline in it) in one ``os.write``."""
+        """Write one newline-terminated line (no other newline, no zero byte in it)."""
         if not line.endswith(b"\n") or line.find(b"\n") != len(line) - 1:
             raise SpoolError("a spool line must end with its only newline")
+        if b"\0" in line:
+            raise SpoolError("a spool line cannot hold a zero byte")
         self._write(line)
 
     def _write(self, line: bytes) -> None:
         with self._lock:
             if self._closed:
                 raise SpoolError(f"spool {self.directory} is closed")
-            if self._fd < 0:  # none yet in this process (a forked child's is dropped at fork)
-                self._open_segment()
-            elif self._size >= self.max_segment_bytes:
-                self._finish_segment()
-                self._open_segment()
-            try:
-                written = os.write(self._fd, line)
-                while written < len(line):  # only on a full disk or a signal; finish the line
-                    written += os.write(self._fd, line[written:])
-            except OSError as exc:
-                raise SpoolError(f"{self._path}: cannot append: {exc.strerror}") from exc
-            self._size += len(line)
+            start = self._used
+            end = start + len(line)
+            if end > self._capacity:  # no segment yet in this process, or this one is full
+                self._next_segment(len(line))
+                start, end = 0, len(line)
+            if self._map is not None:
+                self._map[start:end] = line
+            else:
+                self._write_fd(line)
+            self._used = end
             if self.fsync_interval == 0:
                 self._fsync(self._fd)
             elif not self._dirty:
@@ -134,10 +154,18 @@ class Spool:
         self.close()
 
     # -- internals (called with self._lock held) ---------------------------------------------
-    def _open_segment(self) -> None:
+    def _next_segment(self, line_bytes: int) -> None:
         pid = os.getpid()
-        if self._pid != pid:
+        if self._pid != pid:  # a forked child: the open segment, if any, is the parent's
             self._forget_parent(pid)
+        elif self._fd >= 0:
+            self._finish_segment()
+        capacity = max(self._next_capacity, line_bytes)
+        self._open_segment(capacity)
+        self._next_capacity = min(self._next_capacity * 2, self.max_segment_bytes)
+
+    def _open_segment(self, capacity: int) -> None:
+        pid = self._pid
         name = f"{time.time_ns()}-{pid}-{secrets.token_hex(4)}{SEGMENT_SUFFIX}"
         path = self.directory / name
         # Created under a name ingest ignores and renamed once locked: ingest never sees the
@@ -158,21 +186,51 @@ class Spool:
             with contextlib.suppress(OSError):
                 hidden.unlink()
             raise SpoolError(f"{path}: cannot lock the new segment: {exc.strerror}") from exc
-        self._fd, self._path, self._size = fd, path, 0
+        try:
+            os.posix_fallocate(fd, 0, capacity)  # a full disk shows here, before any line
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()  # empty: nothing of it to ingest
+            raise SpoolError(f"{path}: cannot reserve {capacity} bytes: {exc.strerror}") from exc
+        try:
+            self._map = mmap.mmap(fd, capacity)
+        except (OSError, ValueError):  # a file system without shared maps: write it instead
+            self._map = None
+            capacity = self.max_segment_bytes
+            try:
+                os.ftruncate(fd, 0)
+            except OSError as exc:
+                os.close(fd)
+                raise SpoolError(f"{path}: cannot map or cut the segment: {exc.strerror}") from exc
+        self._fd, self._path, self._used, self._capacity = fd, path, 0, capacity
         if self.fsync_interval > 0 and (self._syncer is None or not self._syncer.is_alive()):
             self._syncer = threading.Thread(
                 target=self._sync_loop, name="costsplit-spool-fsync", daemon=True
             )
             self._syncer.start()
 
+    def _write_fd(self, line: bytes) -> None:
+        try:
+            written = os.pwrite(self._fd, line, self._used)
+            while written < len(line):  # only on a full disk or a signal; finish the line
+                written += os.pwrite(self._fd, line[written:], self._used + written)
+        except OSError as exc:
+            raise SpoolError(f"{self._path}: cannot append: {exc.strerror}") from exc
+
     def _finish_segment(self) -> None:
+        """Cut the segment to its lines, ``fsync`` it and release it to ingest."""
         if self._fd < 0:
             return
-        fd, self._fd, self._dirty = self._fd, -1, False
+        fd, self._fd, self._dirty, self._capacity = self._fd, -1, False, 0
+        spool_map, self._map = self._map, None
         try:
+            if spool_map is not None:
+                spool_map.close()
+            os.ftruncate(fd, self._used)
             os.fsync(fd)
         except OSError:
-            pass  # the lines are written; only power-loss durability of the tail is at stake
+            pass  # the lines are written; ingest reads past a zero tail left behind
         finally:
             os.close(fd)  # releases the flock: ingest may now finish this segment
 
@@ -180,17 +238,15 @@ class Spool:
         # After fork the descriptor, the lock and the thread are the parent's; leave them be.
         # Closing our copy of the descriptor does not release the parent's lock (it still holds
         # the open file), but keeps our lifetime from holding the parent's segment open.
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-        self._fd, self._pid, self._path, self._size = -1, pid, None, 0
+        _drop_inherited_segment(self)
+        self._pid, self._path = pid, None
         self._dirty = False
         self._syncer = None
         self._wake = threading.Event()
 
     def _fsync(self, fd: int) -> None:
         try:
-            os.fsync(fd)
+            os.fsync(fd)  # also writes back the pages changed through the map
         except OSError as exc:
             raise SpoolError(f"{self._path}: cannot fsync: {exc.strerror}") from exc
 
@@ -220,6 +276,28 @@ class Spool:
                 pass  # retried on the next write; appends report their own errors
             finally:
                 os.close(fd)
+
+
+def _drop_inherited_segment(spool: Spool) -> None:
+    """In a forked child: let go of the parent's segment without touching it."""
+    if spool._map is not None:
+        with contextlib.suppress(Exception):
+            spool._map.close()  # unmaps our copy only
+    if spool._fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(spool._fd)
+    spool._fd, spool._map, spool._used, spool._capacity = -1, None, 0, 0
+
+
+def spooled_lines(directory: Path) -> Iterator[bytes]:
+    """The complete lines in the segments of ``directory``, open or closed, oldest segment
+    first, each without its newline (for tools and tests that read the spool; ingest reads
+    past offsets of its own)."""
+    for path in sorted(Path(directory).glob(f"*{SEGMENT_SUFFIX}")):
+        data = path.read_bytes()
+        zero = data.find(b"\0")  # the reserved tail, or a line not fully written
+        complete = data[: data.rfind(b"\n", 0, zero if zero >= 0 else len(data)) + 1]
+        yield from complete.splitlines()
 
 
 _LIVE: weakref.WeakSet[Spool] = weakref.WeakSet()
@@ -252,10 +330,7 @@ def _after_fork_in_child() -> None:
         spool._syncer = None
         # Our copy of the parent's descriptor would keep the parent's segment locked (open, to
         # ingest) for as long as we live; drop it. The next append opens our own segment.
-        if spool._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(spool._fd)
-            spool._fd = -1
+        _drop_inherited_segment(spool)
 
 
 def _close_all() -> None:

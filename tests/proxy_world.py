@@ -9,6 +9,7 @@ from pathlib import Path
 from costsplit.config import ProxySettings, Route, Settings
 from costsplit.events import line_fields
 from costsplit.proxy import RunningProxy, run_in_thread
+from costsplit.spool import spooled_lines
 
 UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 CREATED = re.compile(rb'"created": ?\d+')
@@ -32,10 +33,7 @@ def start_proxy(home: Path, upstream: str, **proxy) -> tuple[RunningProxy, Setti
 
 def events(settings: Settings) -> list[dict]:
     """Every event in the spool, in order of writing."""
-    lines = []
-    for segment in sorted(Path(settings.spool_dir).glob("*.jsonl")):
-        lines += [line_fields(line) for line in segment.read_bytes().splitlines() if line]
-    return lines
+    return [line_fields(line) for line in spooled_lines(settings.spool_dir)]
 
 
 def wait_events(settings: Settings, count: int, deadline: float = 10.0) -> list[dict]:

@@ -1,10 +1,14 @@
-"""The spool: one O_APPEND segment per process, one write per event, a lock while open."""
+"""The spool: one reserved, mapped segment per process, a copy per event, a lock while open."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import resource
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -13,7 +17,7 @@ import pytest
 from costsplit.config import load_settings
 from costsplit.errors import SpoolError
 from costsplit.events import UsageEvent
-from costsplit.spool import Spool, open_spool
+from costsplit.spool import FIRST_SEGMENT_BYTES, Spool, open_spool, spooled_lines
 
 
 def segments(folder: Path) -> list[Path]:
@@ -35,14 +39,16 @@ def test_append_writes_one_json_line_per_event(tmp_path):
     events = [
         UsageEvent(event_id=f"e{i}", model_requested="qwen-plus", input_tokens=i) for i in range(3)
     ]
+    lines = b"".join(e.to_json_line() for e in events)
     with Spool(tmp_path / "spool") as spool:
         for event in events:
             spool.append(event)
         (segment,) = segments(tmp_path / "spool")
         assert segment == spool.segment
-        assert segment.read_bytes() == b"".join(e.to_json_line() for e in events)
-    lines = segment.read_bytes().splitlines()
-    assert [orjson.loads(line)["event_id"] for line in lines] == ["e0", "e1", "e2"]
+        # while open: the lines, then the zero bytes reserved for the next ones
+        assert segment.read_bytes() == lines + bytes(FIRST_SEGMENT_BYTES - len(lines))
+    assert segment.read_bytes() == lines  # closed: cut to its lines
+    assert [orjson.loads(x)["event_id"] for x in lines.splitlines()] == ["e0", "e1", "e2"]
 
 
 def test_the_segment_is_named_by_time_pid_and_randomness(tmp_path):
@@ -97,25 +103,81 @@ def test_fsync_per_event_and_group_fsync_write_the_same_bytes(tmp_path):
         assert segments(folder)[0].read_bytes() == b"".join(e.to_json_line() for e in events)
 
 
-def test_a_full_segment_moves_to_a_new_one(tmp_path):
+def test_a_full_segment_moves_to_a_new_one_reserving_twice_as_much_up_to_the_most(tmp_path):
     line = UsageEvent(event_id="x").to_json_line()
-    with Spool(tmp_path, max_segment_bytes=3 * len(line)) as spool:
-        for _ in range(7):
+    with Spool(tmp_path, first_segment_bytes=2 * len(line), max_segment_bytes=5 * len(line)) as s:
+        reserved = []
+        for _ in range(16):
+            s.append_line(line)
+            if s.segment not in [path for path, _ in reserved]:
+                reserved.append((s.segment, s.segment.stat().st_size))
+        current = s.segment
+        full = [path for path in segments(tmp_path) if path != current]
+        assert [size // len(line) for _, size in reserved] == [2, 4, 5, 5]
+        assert [path.stat().st_size // len(line) for path in full] == [2, 4, 5]  # cut to lines
+        assert not any(is_locked(path) for path in full)
+        assert current.read_bytes().rstrip(b"\0") == line * 5
+    assert current.read_bytes() == line * 5
+
+
+def test_a_line_longer_than_a_segment_gets_one_of_its_own(tmp_path):
+    short, long = b'{"a":1}\n', b'{"a":"' + b"x" * 100 + b'"}\n'
+    with Spool(tmp_path, first_segment_bytes=16, max_segment_bytes=16) as spool:
+        for line in (short, long, short):
             spool.append_line(line)
-        current = spool.segment
-        full = [s for s in segments(tmp_path) if s != current]
-        assert [s.stat().st_size for s in full] == [3 * len(line), 3 * len(line)]
-        assert not any(is_locked(s) for s in full)
-        assert current.stat().st_size == len(line)
+    assert [path.read_bytes() for path in segments(tmp_path)] == [short, long, short]
 
 
-def test_a_write_error_is_a_spool_error(tmp_path):
-    with Spool(tmp_path) as spool:
-        spool.append(UsageEvent())
+def test_a_full_disk_fails_the_append_when_reserving_and_the_next_one_retries(tmp_path):
+    line = b'{"a":1}\n'
+    spool = Spool(tmp_path, first_segment_bytes=4096, max_segment_bytes=64 * 1024)
+    with file_size_limit(8000):  # as a full disk would: no room for the next segment
+        for _ in range(4096 // len(line)):
+            spool.append_line(line)
+        with pytest.raises(SpoolError, match="cannot reserve 8192 bytes"):
+            spool.append_line(line)
+        with pytest.raises(SpoolError, match="cannot reserve"):
+            spool.append_line(line)
+    spool.append_line(line)  # room again
+    spool.close()
+    assert [path.stat().st_size for path in segments(tmp_path)] == [4096, len(line)]
+    assert list(tmp_path.glob(".*")) == []  # no reserved-but-empty segment left behind
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail with EFBIG, do not die
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_without_shared_maps_each_line_is_written_and_a_write_error_is_a_spool_error(
+    tmp_path, monkeypatch
+):
+    def no_shared_maps(*args, **kwargs):
+        raise OSError(19, "No such device")  # what mmap says on a file system without them
+
+    monkeypatch.setattr("costsplit.spool.mmap.mmap", no_shared_maps)
+    line = UsageEvent(event_id="x").to_json_line()
+    with Spool(tmp_path, max_segment_bytes=2 * len(line)) as spool:
+        for _ in range(3):
+            spool.append_line(line)
+        assert spool.segment.read_bytes() == line  # written, no zero tail: nothing reserved
+        assert [path.stat().st_size for path in segments(tmp_path)] == [2 * len(line), len(line)]
         os.close(spool._fd)  # the descriptor vanishes under the spool, as on a failing disk
         spool._fd = os.open(os.devnull, os.O_RDONLY)
         with pytest.raises(SpoolError, match="cannot append"):
-            spool.append(UsageEvent())
+            spool.append_line(line)
+
+
+def test_append_line_refuses_a_zero_byte(tmp_path):
+    with Spool(tmp_path) as spool, pytest.raises(SpoolError, match="zero byte"):
+        spool.append_line(b'{"a":"\0"}\n')
 
 
 def test_a_forked_child_writes_to_a_segment_of_its_own(tmp_path):
@@ -180,3 +242,14 @@ def test_a_forked_child_does_not_keep_the_parents_segment_open(tmp_path):
     finally:
         os.close(go_write)
         os.waitpid(pid, 0)
+
+
+def test_spooled_lines_are_the_complete_lines_of_open_and_closed_segments(tmp_path):
+    first, second = b'{"a":1}\n', b'{"a":2}\n'
+    closed = Spool(tmp_path)
+    closed.append_line(first)
+    closed.close()
+    with Spool(tmp_path) as open_one:
+        open_one.append_line(second)
+        (tmp_path / "9-1-torn.jsonl").write_bytes(second + b'{"a":' + bytes(8))  # writer killed
+        assert list(spooled_lines(tmp_path)) == [first[:-1], second[:-1], second[:-1]]

@@ -21,6 +21,7 @@ from costsplit.config import load_settings
 from costsplit.events import UsageEvent, fingerprint_key, line_fields
 from costsplit.ingest import ingest_spool
 from costsplit.simulator import usage_for
+from costsplit.spool import spooled_lines
 from costsplit.transport import RecordingTransport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dashscope"
@@ -44,10 +45,7 @@ def stable(event: UsageEvent) -> dict:
 
 
 def spooled(settings) -> list[dict]:
-    lines = []
-    for segment in sorted(settings.spool_dir.glob("*.jsonl")):
-        lines += [line_fields(line) for line in segment.read_bytes().splitlines()]
-    return lines
+    return [line_fields(line) for line in spooled_lines(settings.spool_dir)]
 
 
 # -- native calls against the simulator -----------------------------------------------------

@@ -16,6 +16,7 @@ import costsplit
 from costsplit.config import Settings, Workspace, load_settings
 from costsplit.events import UsageEvent, fingerprint_key, line_fields
 from costsplit.simulator import SimulatorConfig, run_in_thread, usage_for
+from costsplit.spool import spooled_lines
 from costsplit.usage import estimate_tokens
 
 KEY = "sk-sim-default-intl"
@@ -28,10 +29,7 @@ VOLATILE = ("event_id", "started_at", "latency_us", "first_byte_us", "request_id
 
 def spooled(settings: Settings) -> list[dict]:
     """Every event line in the spool, in order."""
-    lines = []
-    for segment in sorted(settings.spool_dir.glob("*.jsonl")):
-        lines += [line_fields(line) for line in segment.read_bytes().splitlines()]
-    return lines
+    return [line_fields(line) for line in spooled_lines(settings.spool_dir)]
 
 
 def stable(event: dict) -> dict:
