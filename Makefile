@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint format bench clean demo
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml costsplit/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'

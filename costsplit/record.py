@@ -562,7 +562,7 @@ class Exchange:
         self.size += len(data)
         if self.size > self.recorder.stream_tail_bytes:
             self.trim()
-        return self.filter(data) if self.filter_usage else data
+        return filter_chunk(self, data) if self.filter_usage else data
 
     def body(self, data: bytes) -> bytes:
         """The whole body at once (``chunk`` then ``end``): what the caller gets, ``data``
@@ -893,6 +893,14 @@ class _PassThrough(Exchange):
         return
 
 
+try:  # the compiled fast path, where a C compiler built it at install
+    from costsplit._speedups import filter_chunk
+except ImportError:  # pragma: no cover - the same in Python
+    filter_chunk = Exchange.filter
+"""``filter_chunk(exchange, data)`` is ``exchange.filter(data)``; adapters ``map`` it over
+chunks, so that the usual chunk runs no Python code."""
+
+
 __all__ = [
     "DENIED_CODES",
     "REQUEST_HEADERS_READ",
@@ -902,6 +910,7 @@ __all__ = [
     "Recorder",
     "Sink",
     "classify",
+    "filter_chunk",
     "recording_errors",
     "region_of_host",
     "scenario",

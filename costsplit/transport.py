@@ -34,6 +34,7 @@ from costsplit.record import (
     Exchange,
     Recorder,
     Sink,
+    filter_chunk,
 )
 
 # Client options that configure the connection pool: given to a ready client, they go to the
@@ -161,9 +162,10 @@ BATCH_CHUNKS = 256
 class SyncRecordingBody:
     """A response body stream that keeps each chunk for the exchange as it passes.
 
-    Per chunk only C code runs (``itertools``: a list append, and a ``map`` through the
-    exchange's filter only when costsplit injected ``include_usage``); the exchange hears of
-    the first chunk, is trimmed every ``BATCH_CHUNKS`` chunks and ends with the body.
+    Per chunk only C code runs (``itertools``: a list append, and, only when costsplit
+    injected ``include_usage``, a ``map`` through ``filter_chunk``, compiled for the usual
+    chunk); the exchange hears of the first chunk, is trimmed every ``BATCH_CHUNKS`` chunks and
+    ends with the body.
     """
 
     def __init__(self, inner: Any, exchange: Exchange) -> None:
@@ -191,7 +193,7 @@ class SyncRecordingBody:
                 before = exchange.kept()
                 batch = itertools.filterfalse(keep, itertools.islice(chunks, BATCH_CHUNKS))
                 if exchange.filtering:
-                    yield filter(None, map(exchange.filter, batch))
+                    yield filter(None, map(filter_chunk, itertools.repeat(exchange), batch))
                 else:
                     yield batch
                 if exchange.kept() - before < BATCH_CHUNKS:
