@@ -122,6 +122,7 @@ RESPONSE_HEADERS_READ = frozenset(
 )
 USAGE_NULL = b'"usage":null'  # what include_usage adds to every other compatible chunk
 HEADER_PREFIX = "x-costsplit-"
+BODY_HEADERS = ("content-length", "accept-encoding")  # set anew when include_usage is injected
 TAG_HEADER_PREFIX = "x-costsplit-tag-"
 STREAM_TAIL_BYTES = 4 * 1024 * 1024  # bytes of a stream kept for the parse at its end
 TAIL_CHUNKS = 4  # chunks of a finished stream parsed first (the usage sits in its last events)
@@ -494,14 +495,20 @@ class Exchange:
         ``begin`` only the headers the core reads (``REQUEST_HEADERS_READ`` and the
         X-Costsplit-* ones) builds the full list with it when ``request_headers`` is set.
         """
-        kept = [(n, v) for n, v in headers if not n.lower().startswith(HEADER_PREFIX)]
+        dropped = BODY_HEADERS if self.request_body is not None else ()
+        kept = [
+            (name, value)
+            for name, value in headers
+            if not (low := name.lower()).startswith(HEADER_PREFIX) and low not in dropped
+        ]
+        return kept + self.body_headers()
+
+    def body_headers(self) -> list[tuple[str, str]]:
+        """The ``BODY_HEADERS`` that go with the new body (none when the body is the caller's)."""
         body = self.request_body
-        if body is not None:
-            kept = [
-                (n, v) for n, v in kept if n.lower() not in ("content-length", "accept-encoding")
-            ]
-            kept += [("Content-Length", str(len(body))), ("Accept-Encoding", "identity")]
-        return kept
+        if body is None:
+            return []
+        return [("Content-Length", str(len(body))), ("Accept-Encoding", "identity")]
 
     def _inject_include_usage(self, request: dict[str, Any]) -> bytes | None:
         """The body with ``stream_options.include_usage = true``, or None when not needed."""
@@ -902,6 +909,7 @@ chunks, so that the usual chunk runs no Python code."""
 
 
 __all__ = [
+    "BODY_HEADERS",
     "DENIED_CODES",
     "REQUEST_HEADERS_READ",
     "RESPONSE_HEADERS_READ",

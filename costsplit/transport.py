@@ -28,6 +28,7 @@ import httpx
 
 from costsplit.config import Settings
 from costsplit.record import (
+    BODY_HEADERS,
     HEADER_PREFIX,
     REQUEST_HEADERS_READ,
     RESPONSE_HEADERS_READ,
@@ -123,20 +124,38 @@ def _outgoing(lib: ModuleType, request: Any, exchange: Exchange) -> Any:
     """
     if exchange.request_headers is None and exchange.request_body is None:
         return request
-    if exchange.request_headers is None:
-        headers = request.headers
-    else:
-        headers = exchange.outgoing_headers(header_items(request.headers))
-    if exchange.request_body is None:
-        stream = request.stream
-    else:
-        stream = lib.ByteStream(exchange.request_body)
+    body = exchange.request_body
+    stream = request.stream if body is None else lib.ByteStream(body)
     outgoing = lib.Request(
-        request.method, request.url, headers=headers, stream=stream, extensions=request.extensions
+        request.method,
+        request.url,
+        headers=request.headers,
+        stream=stream,
+        extensions=request.extensions,
     )
-    if exchange.request_body is not None:
+    if not _edit_headers(outgoing.headers, exchange):
+        outgoing.headers = lib.Headers(exchange.outgoing_headers(header_items(request.headers)))
+    if body is not None:
         outgoing.read()  # a ByteStream: sets ``content`` for inner transports that read it
     return outgoing
+
+
+_BODY_NAMES = frozenset(name.encode() for name in BODY_HEADERS)
+
+
+def _edit_headers(headers: Any, exchange: Exchange) -> bool:
+    """``exchange.outgoing_headers`` done in place on httpx's parsed list of a request's own
+    copy of the headers (bytes: decoding and re-encoding the twenty headers of an openai SDK
+    request cost more than the rest of the copy); False when the list is not there."""
+    try:
+        items = headers._list
+    except AttributeError:
+        return False
+    dropped = _BODY_NAMES if exchange.request_body is not None else frozenset()
+    items[:] = [item for item in items if not item[1].startswith(_OURS) and item[1] not in dropped]
+    for name, value in exchange.body_headers():
+        items.append((name.encode(), name.lower().encode(), value.encode()))
+    return True
 
 
 def _read_response(lib: ModuleType, response: Any, exchange: Exchange) -> Any:

@@ -221,6 +221,41 @@ def test_stream_bytes_are_identical_with_and_without_costsplit(simulator, lib):
     assert [e["output_tokens"] for e in events] == [usage["completion_tokens"]] * 2
 
 
+@pytest.mark.parametrize("lib", [httpx, httpx2])
+def test_the_request_leaves_with_its_headers_but_ours_and_those_of_a_new_body(simulator, lib):
+    settings = load_settings()
+    url = simulator.base_url + COMPATIBLE_CHAT
+    body = {"model": "qwen-flash", "stream": True, "messages": [{"role": "user", "content": "Hi"}]}
+    headers = {
+        "Authorization": f"Bearer {KEY}",
+        "Accept-Encoding": "gzip",
+        "X-Stainless-Lang": "python",
+        "X-Costsplit-Scenario": "nightly",
+        "X-Costsplit-Tag-Team": "finance",
+    }
+    if lib is httpx:
+        recording = costsplit.recording_httpx_client(settings, region=simulator.region)
+    else:
+        recording = costsplit.recording_client(settings, region=simulator.region)
+    with recording, lib.Client() as bare:
+        for client in (bare, recording):
+            with client.stream("POST", url, json=body, headers=headers) as response:
+                response.read()
+    direct, recorded = list(simulator.requests)[-2:]
+    assert len(recorded.body) == len(direct.body) + len(b',"stream_options":{"include_usage":true}')
+    expected = {
+        name: value
+        for name, value in direct.headers.items()
+        if not name.startswith("x-costsplit-") and name not in ("content-length", "accept-encoding")
+    }
+    expected |= {"content-length": str(len(recorded.body)), "accept-encoding": "identity"}
+    assert recorded.headers == expected
+    assert list(recorded.headers) == list(expected)  # the caller's order, the new ones last
+    assert [(e["scenario"], e["tags"]) for e in spooled(settings)] == [
+        ("nightly", {"team": "finance"})
+    ]
+
+
 # -- reference fixtures replayed through the transport ---------------------------------------
 
 
