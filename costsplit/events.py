@@ -222,13 +222,15 @@ _id_random = random.Random(os.urandom(32))
 
 def _reseed_ids() -> None:
     _id_random.seed(os.urandom(32))
+    if _speedups is not None:
+        _speedups.seed_event_ids(os.urandom(32))
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed_ids)
 
 
-def new_event_id() -> str:
+def _new_event_id() -> str:
     """A UUIDv7 string: unique, and ordered by creation time (RFC 9562 §5.7).
 
     48 bits of Unix milliseconds, then 74 random bits (12 ``rand_a`` + 62 ``rand_b``) from a
@@ -244,6 +246,16 @@ def new_event_id() -> str:
     )
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+try:  # the same, compiled (costsplit/_speedups.c), where a C compiler built it at install
+    from costsplit import _speedups
+except ImportError:  # pragma: no cover
+    _speedups = None
+    new_event_id = _new_event_id
+else:
+    _speedups.seed_event_ids(os.urandom(32))
+    new_event_id = _speedups.new_event_id
 
 
 def fingerprint_key(api_key: str) -> str:

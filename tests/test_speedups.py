@@ -1,15 +1,19 @@
-"""The compiled fast path of the stream filter gives what the Python filter gives, always."""
+"""The compiled fast paths give what their Python twins give: the stream filter, event ids."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import re
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from costsplit import record
+from costsplit import events, record
 from costsplit.config import Settings
 from costsplit.record import Exchange, Recorder
 
@@ -97,3 +101,33 @@ def test_compiled_and_python_filters_agree_on_any_bytes_however_cut(events, cuts
             python.skip_blank,
             python.filter_usage,
         )
+
+
+UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def test_compiled_event_ids_are_the_package_ids_laid_out_as_the_python_ones():
+    assert events.new_event_id is speedups.new_event_id
+    before = time.time_ns() // 1_000_000
+    compiled, python = speedups.new_event_id(), events._new_event_id()
+    after = time.time_ns() // 1_000_000
+    for text in (compiled, python):
+        assert UUID7.fullmatch(text)
+        assert before <= int(text[:8] + text[9:13], 16) <= after  # the millisecond prefix
+    assert uuid.UUID(compiled).version == 7
+
+
+def test_compiled_event_ids_draw_from_the_seed_given():
+    try:
+        speedups.seed_event_ids(bytes(range(32)))
+        first = [speedups.new_event_id()[14:] for _ in range(3)]  # past the time and version
+        speedups.seed_event_ids(bytes(range(32)))
+        again = [speedups.new_event_id()[14:] for _ in range(3)]
+        speedups.seed_event_ids(bytes(range(1, 33)))
+        other = [speedups.new_event_id()[14:] for _ in range(3)]
+    finally:
+        speedups.seed_event_ids(os.urandom(32))
+    assert first == again
+    assert not set(first) & set(other)
+    with pytest.raises(ValueError, match="32 bytes"):
+        speedups.seed_event_ids(b"short")
