@@ -7,8 +7,9 @@ adapters over it. Public classes and the order an adapter calls them in::
     exchange = recorder.begin(method, url, headers, body)  # headers: iterable of (name, value)
     #   raises ModelNotGranted (after recording a ``denied_local`` event) when grants are
     #   enforced and the key's workspace lacks the model: before any network I/O.
-    #   exchange.request_headers / exchange.request_body: None, or what to send instead
-    #   (X-Costsplit-* removed; stream_options.include_usage injected, Content-Length fixed).
+    #   exchange.request_body: None, or the body to send instead (include_usage injected);
+    #   exchange.rewrites_headers: the headers must leave as exchange.outgoing_headers(...)
+    #   gives them (X-Costsplit-* removed; with a new body, Content-Length fixed).
     exchange.response(status, headers)      # the response head arrived
     out = exchange.chunk(data)              # each body piece; forward ``out`` (skip if empty)
     out = exchange.end()                    # body complete; forward ``out``; event written
@@ -389,7 +390,7 @@ class Exchange:
     """
 
     # Defaults shared by every exchange (an instance sets its own only when they change).
-    request_headers: list[tuple[str, str]] | None = None
+    rewrites_headers = False
     request_body: bytes | None = None
     status: int | None = None
     sse = False
@@ -482,7 +483,7 @@ class Exchange:
         if new_body is not None:
             self.request_body = new_body
         if ours or new_body is not None:
-            self.request_headers = self.outgoing_headers(headers)
+            self.rewrites_headers = True
         del method  # every method is recorded alike; kept in the signature for adapters
 
     def outgoing_headers(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -491,9 +492,9 @@ class Exchange:
         line by line, so it must come uncompressed; the caller's client decodes transparently
         either way).
 
-        ``request_headers`` is this of the headers given to ``begin``; an adapter that gave
-        ``begin`` only the headers the core reads (``REQUEST_HEADERS_READ`` and the
-        X-Costsplit-* ones) builds the full list with it when ``request_headers`` is set.
+        An adapter calls it with the request's full headers when ``rewrites_headers`` is set
+        (``begin`` may have had only those the core reads: ``REQUEST_HEADERS_READ`` and the
+        X-Costsplit-* ones), or applies the same edit itself.
         """
         dropped = BODY_HEADERS if self.request_body is not None else ()
         kept = [
@@ -888,7 +889,6 @@ class _PassThrough(Exchange):
 
     def __init__(self, recorder: Recorder) -> None:  # deliberately skips Exchange.__init__
         self.recorder = recorder
-        self.request_headers = None
         self.request_body = None
         self.done = True
         self.carry = b""

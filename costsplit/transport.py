@@ -122,7 +122,7 @@ def _outgoing(lib: ModuleType, request: Any, exchange: Exchange) -> Any:
     The copy is built from a stream, not ``content=``: the headers are complete already (the
     core fixed Content-Length), and httpx's content encoding cost more than the rest.
     """
-    if exchange.request_headers is None and exchange.request_body is None:
+    if not exchange.rewrites_headers:  # a new body comes with new headers
         return request
     body = exchange.request_body
     stream = request.stream if body is None else lib.ByteStream(body)

@@ -85,7 +85,7 @@ def test_non_streamed_compatible_call_gives_one_whole_event():
     rec, sink = recorder(scenario="support-bot", tags={"team": "care"})
     body = orjson.dumps({"model": "qwen-plus", "messages": [{"role": "user", "content": "hi"}]})
     ex = rec.begin("POST", CHAT, headers(), body)
-    assert (ex.request_headers, ex.request_body) == (None, None)
+    assert (ex.rewrites_headers, ex.request_body) == (False, None)
     ex.response(200, [("content-type", "application/json"), ("x-request-id", "rid-1")])
     assert ex.chunk((FIXTURES / "openai_chat.json").read_bytes()) != b""
     assert ex.end() == b""
@@ -126,7 +126,8 @@ def test_scenario_precedence_and_header_removal():
             headers(**{"X-Costsplit-Scenario": "hdr", "X-Costsplit-Tag-C": "3"}),
             b'{"model":"qwen-flash"}',
         )
-    assert ex.request_headers == headers()
+    assert ex.rewrites_headers
+    assert ex.outgoing_headers(headers(**{"X-Costsplit-Scenario": "hdr"})) == headers()
     ex.error(TimeoutError("boom"))
     [event] = sink
     assert (event.scenario, event.tags) == ("hdr", {"a": "1", "b": "2", "c": "3"})
@@ -240,8 +241,13 @@ def test_include_usage_injected_and_usage_chunk_removed_chunk_for_chunk():
         "messages": [],
         "stream_options": {"include_usage": True},
     }
-    assert ("Content-Length", str(len(ex.request_body))) in ex.request_headers
-    assert ("Accept-Encoding", "identity") in ex.request_headers
+    assert ex.rewrites_headers
+    sent = ex.outgoing_headers([*headers(), ("Content-Length", str(len(body)))])
+    assert sent == [
+        *headers(),
+        ("Content-Length", str(len(ex.request_body))),
+        ("Accept-Encoding", "identity"),
+    ]
     ex.response(200, [("content-type", "text/event-stream")])
     events = (FIXTURES / "openai_chat_stream.sse").read_bytes().split(b"\n\n")
     chunks = [e + b"\n\n" for e in events if e]

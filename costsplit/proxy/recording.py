@@ -72,7 +72,6 @@ class _Unrecorded:
     """An exchange that forwards everything unchanged and records nothing."""
 
     __slots__ = ()
-    request_headers = None
     request_body = None
 
     def keeper(self) -> None:
