@@ -21,12 +21,11 @@ A segment whose writer still holds its lock is open: its torn last line (if any)
 segment whose lock is free is closed (its writer closed it or died): its torn last line is
 quarantined, and once every byte is accounted for the segment file is removed. The zero bytes
 a writer reserved past its lines are not lines: a segment's lines end before them (see
-``spool``). Lines that are
-not events (bad JSON, wrong types, no ``event_id`` or one that is not a UUID, unknown
-``schema_version``) go to ``<spool>/rejected/<segment>.rejected.jsonl`` with their offset and
-reason; they are counted, never raised. An empty ``.<segment>.new`` left by a writer that died
-between creating and naming its segment is removed once its lock is free and it is older than
-``STALE_NEW_SECONDS``.
+``spool``). Lines that are not events (bad JSON, wrong types, no ``event_id`` or one that is
+not a UUID, unknown ``schema_version``) go to ``<spool>/rejected/<segment>.rejected.jsonl``
+with their offset and reason; they are counted, never raised. An empty ``.<segment>.new``
+left by a writer that died between creating and naming its segment is removed once its lock is
+free and it is older than ``STALE_NEW_SECONDS``.
 """
 
 from __future__ import annotations

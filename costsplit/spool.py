@@ -13,8 +13,10 @@ promises.
 
 The reserved space past the last line reads as zero bytes, and no line contains one (JSON
 escapes it). A writer that closes its segment cuts it to its lines; a killed writer leaves the
-zero tail, and a line caught mid-copy may have zeros in it. Ingest reads a segment up to its
-first zero byte and treats a line with one as not yet written (``ingest._inspect``).
+zero tail, and a line caught mid-copy may have zeros in it. Ingest reads a segment's lines up to
+its zero tail and treats a line with a zero byte as not yet written (``ingest._inspect``). A
+map faults (SIGBUS) only if its file shrinks under it; nothing in costsplit cuts a segment but
+its own writer, after unmapping it.
 
 The writer holds an exclusive ``flock`` on its segment for as long as it may write to it. Ingest
 tells an open segment (lock held) from a closed or dead one (lock free: the kernel releases the
@@ -78,7 +80,7 @@ class Spool:
         self.max_segment_bytes = max_segment_bytes
         self._lock = threading.Lock()
         self._fd = -1
-        self._map: mmap.mmap | None = None  # None: no segment, or one written with os.write
+        self._map: mmap.mmap | None = None  # None: no segment, or one written with pwrite
         self._pid = -1
         self._path: Path | None = None
         self._used = 0  # bytes of lines in the segment
