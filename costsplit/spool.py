@@ -6,7 +6,9 @@ its process's own segment, in the caller's thread. The segment is reserved on di
 (``posix_fallocate``) and mapped shared into memory, so an append is a copy into the page cache,
 with no system call: once ``append`` returns, the line is in the kernel's pages of the file, so
 a killed process loses nothing it acknowledged, and a full disk shows when a segment is
-reserved, never halfway through a line. A background thread ``fsync``s the segment at most every
+reserved, never halfway through a line. A line that finds no room is held in memory (bounded)
+and written before any later one once there is room; the append raises all the same, so the
+recorder counts it. A background thread ``fsync``s the segment at most every
 ``fsync_interval`` seconds (0 = ``fsync`` each event) to bound what a power loss can take. Where
 a file cannot be mapped, the spool falls back to one ``pwrite`` per line, with the same
 promises.
@@ -31,8 +33,10 @@ A process's first segment reserves ``FIRST_SEGMENT_BYTES``; each next one twice 
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import fcntl
+import logging
 import mmap
 import os
 import secrets
@@ -50,9 +54,12 @@ if TYPE_CHECKING:
     from costsplit.config import Settings
     from costsplit.events import UsageEvent
 
+log = logging.getLogger("costsplit.spool")
+
 SEGMENT_SUFFIX = ".jsonl"
 FIRST_SEGMENT_BYTES = 1024 * 1024
 MAX_SEGMENT_BYTES = 16 * 1024 * 1024
+MAX_HELD_BYTES = 64 * 1024 * 1024  # events kept in memory while the disk is full
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
@@ -72,6 +79,7 @@ class Spool:
         *,
         max_segment_bytes: int = MAX_SEGMENT_BYTES,
         first_segment_bytes: int = FIRST_SEGMENT_BYTES,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         if fsync_interval < 0:
             raise ValueError("fsync_interval must be 0 or more")
@@ -88,6 +96,9 @@ class Spool:
         self._next_capacity = min(first_segment_bytes, max_segment_bytes)
         self._dirty = False
         self._closed = False
+        self._held: collections.deque[bytes] = collections.deque()  # no room on disk yet
+        self._held_bytes = 0
+        self.max_held_bytes = max_held_bytes
         self._wake = threading.Event()
         self._syncer: threading.Thread | None = None
         _LIVE.add(self)
@@ -113,34 +124,87 @@ class Spool:
         with self._lock:
             if self._closed:
                 raise SpoolError(f"spool {self.directory} is closed")
-            start = self._used
-            end = start + len(line)
-            if end > self._capacity:  # no segment yet in this process, or this one is full
-                self._next_segment(len(line))
-                start, end = 0, len(line)
-            if self._map is not None:
-                self._map[start:end] = line
-            else:
-                self._write_fd(line)
-            self._used = end
-            if self.fsync_interval == 0:
-                self._fsync(self._fd)
-            elif not self._dirty:
-                self._dirty = True
-                self._wake.set()
+            if self._held:  # lines wait for room on disk: this one goes after them
+                self._hold(line)
+                self._write_held()
+                return
+            try:
+                self._place(line)
+            except SpoolError as exc:
+                self._hold(line)
+                raise SpoolError(f"{exc}; {self._held_note()}") from exc
+            self._written()
+
+    def _place(self, line: bytes) -> None:
+        """Copy ``line`` after the segment's last one; on failure nothing moved."""
+        start = self._used
+        end = start + len(line)
+        if end > self._capacity:  # no segment yet in this process, or this one is full
+            self._next_segment(len(line))
+            start, end = 0, len(line)
+        if self._map is not None:
+            self._map[start:end] = line
+        else:
+            self._write_fd(line)
+        self._used = end
+
+    def _written(self) -> None:
+        """After lines were placed: ``fsync`` now, or tell the group fsync there is work."""
+        if self.fsync_interval == 0:
+            self._fsync(self._fd)
+        elif not self._dirty:
+            self._dirty = True
+            self._wake.set()
+
+    def _hold(self, line: bytes) -> None:
+        """Keep a line that found no room on disk, in memory, to be written first when there
+        is room again (a full disk delays an event; only a kill while it waits loses it)."""
+        if self._held_bytes + len(line) > self.max_held_bytes:
+            raise SpoolError(
+                f"{self.directory}: no room on disk and {self._held_bytes} bytes of events "
+                "already held in memory: this event is dropped"
+            )
+        self._held.append(line)
+        self._held_bytes += len(line)
+
+    def _write_held(self) -> None:
+        """Write the held lines in order; raises ``SpoolError`` while there is still no room."""
+        while self._held:
+            try:
+                self._place(self._held[0])
+            except SpoolError as exc:
+                raise SpoolError(f"{exc}; {self._held_note()}") from exc
+            self._held_bytes -= len(self._held.popleft())
+        self._written()
+
+    def _held_note(self) -> str:
+        return f"{len(self._held)} event(s) held in memory until there is room"
+
+    @property
+    def held(self) -> int:
+        """Events waiting in memory for room on disk (0 unless the disk is full)."""
+        return len(self._held)
 
     def flush(self) -> None:
-        """``fsync`` what this process has written so far."""
+        """Write held lines if there is room now, and ``fsync`` what this process wrote."""
         with self._lock:
+            if self._held and not self._closed:
+                self._write_held()
             if self._fd >= 0 and self._pid == os.getpid():
                 self._dirty = False
                 self._fsync(self._fd)
 
     def close(self) -> None:
-        """``fsync``, release the segment to ingest and stop the background thread."""
+        """Write held lines if there is room, ``fsync``, release the segment to ingest and stop
+        the background thread. Lines that still find no room are lost, and logged."""
         with self._lock:
             if self._closed:
                 return
+            if self._held:
+                try:
+                    self._write_held()
+                except SpoolError as exc:
+                    log.error("costsplit spool: %s; they are lost as this process closes", exc)
             self._closed = True
             if self._pid == os.getpid():
                 self._finish_segment()
@@ -289,6 +353,7 @@ def _drop_inherited_segment(spool: Spool) -> None:
         with contextlib.suppress(OSError):
             os.close(spool._fd)
     spool._fd, spool._map, spool._used, spool._capacity = -1, None, 0, 0
+    spool._held, spool._held_bytes = collections.deque(), 0  # the parent's to write
 
 
 def spooled_lines(directory: Path) -> Iterator[bytes]:

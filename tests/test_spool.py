@@ -128,20 +128,57 @@ def test_a_line_longer_than_a_segment_gets_one_of_its_own(tmp_path):
     assert [path.read_bytes() for path in segments(tmp_path)] == [short, long, short]
 
 
-def test_a_full_disk_fails_the_append_when_reserving_and_the_next_one_retries(tmp_path):
-    line = b'{"a":1}\n'
-    spool = Spool(tmp_path, first_segment_bytes=4096, max_segment_bytes=64 * 1024)
-    with file_size_limit(8000):  # as a full disk would: no room for the next segment
-        for _ in range(4096 // len(line)):
+def test_a_full_disk_holds_events_in_memory_and_writes_them_in_order_once_there_is_room(
+    tmp_path,
+):
+    lines = [b'{"n":%03d}\n' % i for i in range(410)]  # 10 bytes: 400 fill the first segment
+    spool = Spool(tmp_path, first_segment_bytes=4000, max_segment_bytes=64 * 1024)
+    with file_size_limit(7000):  # as a full disk would: no room for the next, 8000-byte segment
+        for line in lines[:400]:
             spool.append_line(line)
-        with pytest.raises(SpoolError, match="cannot reserve 8192 bytes"):
-            spool.append_line(line)
-        with pytest.raises(SpoolError, match="cannot reserve"):
-            spool.append_line(line)
-    spool.append_line(line)  # room again
+        with pytest.raises(SpoolError, match=r"cannot reserve 8000 bytes.*1 event\(s\) held"):
+            spool.append_line(lines[400])
+        with pytest.raises(SpoolError, match=r"2 event\(s\) held in memory until there is room"):
+            spool.append_line(lines[401])
+        assert spool.held == 2
+    spool.append_line(lines[402])  # room again: the held ones go first
+    assert spool.held == 0
     spool.close()
-    assert [path.stat().st_size for path in segments(tmp_path)] == [4096, len(line)]
+    assert [path.read_bytes() for path in segments(tmp_path)] == [
+        b"".join(lines[:400]),
+        b"".join(lines[400:403]),
+    ]
     assert list(tmp_path.glob(".*")) == []  # no reserved-but-empty segment left behind
+
+
+def test_held_events_are_written_at_close_or_logged_as_lost(tmp_path, caplog):
+    line = b'{"a":1}\n'
+    for room_at_close, expected in ((True, [line, line]), (False, [line])):
+        folder = tmp_path / str(room_at_close)
+        spool = Spool(folder, first_segment_bytes=8, max_segment_bytes=4096)
+        spool.append_line(line)
+        with file_size_limit(10), pytest.raises(SpoolError, match="held"):
+            spool.append_line(line)
+        with file_size_limit(4096 if room_at_close else 10):
+            spool.close()
+        assert [path.read_bytes() for path in segments(folder)] == expected
+    assert "1 event(s) held in memory until there is room" in caplog.text
+    assert "they are lost as this process closes" in caplog.text
+
+
+def test_memory_for_held_events_is_bounded(tmp_path):
+    line = b'{"a":1}\n'
+    spool = Spool(tmp_path, first_segment_bytes=8, max_segment_bytes=4096, max_held_bytes=16)
+    spool.append_line(line)
+    with file_size_limit(10):
+        for held in (1, 2):
+            with pytest.raises(SpoolError, match=f"{held} event"):
+                spool.append_line(line)
+        with pytest.raises(SpoolError, match=r"16 bytes of events already held.*dropped"):
+            spool.append_line(line)
+        assert spool.held == 2
+    spool.close()
+    assert b"".join(path.read_bytes() for path in segments(tmp_path)) == line * 3
 
 
 @contextlib.contextmanager
