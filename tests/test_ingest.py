@@ -175,6 +175,18 @@ def test_an_open_segment_is_read_from_where_ingest_stopped(costsplit_home):
     assert event_ids(settings) == [event(i).event_id for i in range(3)]
 
 
+def test_a_killed_writers_reserved_zero_tail_is_not_lines(costsplit_home):
+    """A writer killed before its first line leaves only reserved zeros; one killed later, its
+    lines and then zeros: ingest takes the lines, quarantines nothing and removes both."""
+    settings = settings_for(costsplit_home)
+    lines = event(0).to_json_line() + event(1).to_json_line()
+    write_segment(settings.spool_dir, "1-1-empty.jsonl", bytes(1024 * 1024))
+    write_segment(settings.spool_dir, "1-1-lines.jsonl", lines + bytes(1024 * 1024 - len(lines)))
+    assert ingest_spool(settings) == IngestResult(ingested=2)
+    assert list(settings.spool_dir.glob("*.jsonl")) == []
+    assert event_ids(settings) == [event(0).event_id, event(1).event_id]
+
+
 def test_a_torn_line_waits_while_open_and_is_quarantined_once_closed(costsplit_home):
     settings = settings_for(costsplit_home)
     line0, line1 = event(0).to_json_line(), event(1).to_json_line()
