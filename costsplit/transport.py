@@ -158,6 +158,20 @@ def _edit_headers(headers: Any, exchange: Exchange) -> bool:
     return True
 
 
+def _already_read(lib: ModuleType, response: Any) -> bool:
+    """Whether an inner transport returned the body already read, told without raising: a
+    transport's usual answer is unread, and ``response.content`` raising for it cost every
+    recorded call an exception."""
+    state = getattr(response, "__dict__", None)
+    if state is not None:
+        return "_content" in state  # what httpx's ``content`` property tests
+    try:
+        response.content  # noqa: B018 - asked for its exception only
+    except lib.ResponseNotRead:
+        return False
+    return True
+
+
 def _read_response(lib: ModuleType, response: Any, exchange: Exchange) -> Any:
     """An inner transport returned a response already read: record it now, hand it back as is
     (or, rarely, with the body the filter changed)."""
@@ -302,11 +316,10 @@ class SyncRecordingMixin:
             exchange.error(exc)
             raise
         exchange.response(response.status_code, header_items(response.headers, _RESPONSE_NAMES))
-        try:
+        if _already_read(lib, response):
             return _read_response(lib, response, exchange)
-        except lib.ResponseNotRead:
-            response.stream = self._body(response.stream, exchange)
-            return response
+        response.stream = self._body(response.stream, exchange)
+        return response
 
     def close(self) -> None:
         self.inner.close()
@@ -342,11 +355,10 @@ class AsyncRecordingMixin:
             exchange.error(exc)
             raise
         exchange.response(response.status_code, header_items(response.headers, _RESPONSE_NAMES))
-        try:
+        if _already_read(lib, response):
             return _read_response(lib, response, exchange)
-        except lib.ResponseNotRead:
-            response.stream = self._body(response.stream, exchange)
-            return response
+        response.stream = self._body(response.stream, exchange)
+        return response
 
     async def aclose(self) -> None:
         await self.inner.aclose()

@@ -22,7 +22,7 @@ from costsplit.events import UsageEvent, fingerprint_key, line_fields
 from costsplit.ingest import ingest_spool
 from costsplit.simulator import usage_for
 from costsplit.spool import spooled_lines
-from costsplit.transport import RecordingTransport
+from costsplit.transport import RecordingTransport, _already_read
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dashscope"
 KEY = "sk-sim-default-intl"
@@ -471,6 +471,20 @@ def test_no_key_in_spool_or_database(simulator):
             assert key.encode() not in haystack and middle not in haystack
     hints = {value for row in rows for value in row if isinstance(value, str) and value[:1] == "…"}
     assert hints == {"…" + key[-4:] for key in keys}
+
+
+@pytest.mark.parametrize("lib", [httpx, httpx2])
+def test_a_response_already_read_is_told_from_a_stream_without_raising(lib):
+    class Unread:  # a response type without __dict__: asked the public way
+        __slots__ = ()
+
+        @property
+        def content(self):
+            raise lib.ResponseNotRead()
+
+    assert _already_read(lib, lib.Response(200, content=b"{}"))
+    assert not _already_read(lib, lib.Response(200, stream=lib.ByteStream(b"{}")))
+    assert not _already_read(lib, Unread())
 
 
 def test_header_items_decode_as_httpx_does():
