@@ -128,12 +128,22 @@ class Spool:
                 self._hold(line)
                 self._write_held()
                 return
-            try:
-                self._place(line)
-            except SpoolError as exc:
-                self._hold(line)
-                raise SpoolError(f"{exc}; {self._held_note()}") from exc
-            self._written()
+            start = self._used
+            end = start + len(line)
+            if end <= self._capacity and self._map is not None:  # the usual case, inline
+                self._map[start:end] = line
+                self._used = end
+            else:
+                try:
+                    self._place(line)
+                except SpoolError as exc:
+                    self._hold(line)
+                    raise SpoolError(f"{exc}; {self._held_note()}") from exc
+            if self.fsync_interval == 0:
+                self._fsync(self._fd)
+            elif not self._dirty:
+                self._dirty = True
+                self._wake.set()
 
     def _place(self, line: bytes) -> None:
         """Copy ``line`` after the segment's last one; on failure nothing moved."""
