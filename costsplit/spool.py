@@ -10,8 +10,9 @@ reserved, never halfway through a line. A line that finds no room is held in mem
 and written before any later one once there is room; the append raises all the same, so the
 recorder counts it. A background thread ``fsync``s the segment at most every
 ``fsync_interval`` seconds (0 = ``fsync`` each event) to bound what a power loss can take. Where
-a file cannot be mapped, the spool falls back to one ``pwrite`` per line, with the same
-promises.
+space cannot be reserved ahead (no ``posix_fallocate``, or a file system that refuses it) or a
+file cannot be mapped, the spool writes each line with one ``pwrite`` instead, with the same
+promises but for the full disk, which then shows as a failed write.
 
 The reserved space past the last line reads as zero bytes, and no line contains one (JSON
 escapes it). A writer that closes its segment cuts it to its lines; a killed writer leaves the
@@ -35,6 +36,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import errno
 import fcntl
 import logging
 import mmap
@@ -263,22 +265,26 @@ class Spool:
                 hidden.unlink()
             raise SpoolError(f"{path}: cannot lock the new segment: {exc.strerror}") from exc
         try:
-            os.posix_fallocate(fd, 0, capacity)  # a full disk shows here, before any line
+            reserved = _reserve(fd, capacity)  # a full disk shows here, before any line
         except OSError as exc:
             os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()  # empty: nothing of it to ingest
             raise SpoolError(f"{path}: cannot reserve {capacity} bytes: {exc.strerror}") from exc
-        try:
-            self._map = mmap.mmap(fd, capacity)
-        except (OSError, ValueError):  # a file system without shared maps: write it instead
-            self._map = None
-            capacity = self.max_segment_bytes
+        self._map = None
+        if reserved:
             try:
-                os.ftruncate(fd, 0)
-            except OSError as exc:
-                os.close(fd)
-                raise SpoolError(f"{path}: cannot map or cut the segment: {exc.strerror}") from exc
+                self._map = mmap.mmap(fd, capacity)
+            except (OSError, ValueError):  # a file system without shared maps
+                try:
+                    os.ftruncate(fd, 0)
+                except OSError as exc:
+                    os.close(fd)
+                    raise SpoolError(
+                        f"{path}: cannot map or cut the segment: {exc.strerror}"
+                    ) from exc
+        if self._map is None:  # written with pwrite instead
+            capacity = self.max_segment_bytes
         self._fd, self._path, self._used, self._capacity = fd, path, 0, capacity
         if self.fsync_interval > 0 and (self._syncer is None or not self._syncer.is_alive()):
             self._syncer = threading.Thread(
@@ -352,6 +358,24 @@ class Spool:
                 pass  # retried on the next write; appends report their own errors
             finally:
                 os.close(fd)
+
+
+_FULL_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _reserve(fd: int, size: int) -> bool:
+    """Reserve ``size`` bytes of disk for a mapped segment; False where the platform or the
+    file system cannot (the segment is then written with ``pwrite``). No room raises."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # macOS, for one
+        return False
+    try:
+        fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno in _FULL_DISK_ERRORS:
+            raise
+        return False
+    return True
 
 
 def _drop_inherited_segment(spool: Spool) -> None:

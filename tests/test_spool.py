@@ -193,13 +193,28 @@ def file_size_limit(limit: int) -> Iterator[None]:
         signal.signal(signal.SIGXFSZ, handler)
 
 
-def test_without_shared_maps_each_line_is_written_and_a_write_error_is_a_spool_error(
-    tmp_path, monkeypatch
-):
-    def no_shared_maps(*args, **kwargs):
-        raise OSError(19, "No such device")  # what mmap says on a file system without them
+def refuse(errno_: int, message: str):
+    def refused(*args, **kwargs):
+        raise OSError(errno_, message)
 
-    monkeypatch.setattr("costsplit.spool.mmap.mmap", no_shared_maps)
+    return refused
+
+
+@pytest.mark.parametrize(
+    "where, replacement",
+    [
+        ("costsplit.spool.mmap.mmap", refuse(19, "No such device")),  # a FS without shared maps
+        ("costsplit.spool.os.posix_fallocate", refuse(95, "Operation not supported")),
+        ("costsplit.spool.os.posix_fallocate", None),  # a platform without it (macOS)
+    ],
+)
+def test_without_reserving_or_mapping_each_line_is_written_and_a_write_error_is_a_spool_error(
+    tmp_path, monkeypatch, where, replacement
+):
+    if replacement is None:
+        monkeypatch.delattr(where)
+    else:
+        monkeypatch.setattr(where, replacement)
     line = UsageEvent(event_id="x").to_json_line()
     with Spool(tmp_path, max_segment_bytes=2 * len(line)) as spool:
         for _ in range(3):
@@ -208,8 +223,16 @@ def test_without_shared_maps_each_line_is_written_and_a_write_error_is_a_spool_e
         assert [path.stat().st_size for path in segments(tmp_path)] == [2 * len(line), len(line)]
         os.close(spool._fd)  # the descriptor vanishes under the spool, as on a failing disk
         spool._fd = os.open(os.devnull, os.O_RDONLY)
-        with pytest.raises(SpoolError, match="cannot append"):
+        with pytest.raises(SpoolError, match=r"cannot append.*1 event.s. held"):
             spool.append_line(line)
+
+
+def test_no_room_to_reserve_is_a_full_disk_not_a_file_system_without_reservations(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr("costsplit.spool.os.posix_fallocate", refuse(28, "No space left"))
+    with Spool(tmp_path) as spool, pytest.raises(SpoolError, match=r"cannot reserve.*No space"):
+        spool.append_line(b'{"a":1}\n')
 
 
 def test_append_line_refuses_a_zero_byte(tmp_path):
