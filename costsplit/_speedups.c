@@ -154,8 +154,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "costsplit._speedups", "Compiled fast paths of costsplit.", -1,
-    methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "costsplit._speedups",
+    .m_doc = "Compiled fast paths of costsplit.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC
