@@ -96,8 +96,15 @@ def database_before(path, migration) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def event_column_types(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    return dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE events)").fetchall())
+def migrated(old: duckdb.DuckDBPyConnection, path, select: str) -> tuple[dict[str, str], list]:
+    """Close the old database, open it as costsplit does (migrating it), and give the events
+    table's column types and the rows of ``select``."""
+    old.close()
+    with connect(path) as con:
+        types = dict(
+            con.execute("SELECT column_name, column_type FROM (DESCRIBE events)").fetchall()
+        )
+        return types, con.execute(select).fetchall()
 
 
 def test_m008_turns_the_tags_and_plugins_maps_into_json_text(tmp_path):
@@ -112,12 +119,11 @@ def test_m008_turns_the_tags_and_plugins_maps_into_json_text(tmp_path):
         "('0190a000-0000-7000-8000-000000000002', 2, MAP {}, MAP {}), "
         "('0190a000-0000-7000-8000-000000000003', 1, NULL, NULL)"
     )
-    con.close()
-    with connect(database) as con:
-        types = event_column_types(con)
-        rows = con.execute(
-            "SELECT right(event_id::VARCHAR, 1), tags, plugins FROM events ORDER BY event_id"
-        ).fetchall()
+    types, rows = migrated(
+        con,
+        database,
+        "SELECT right(event_id::VARCHAR, 1), tags, plugins FROM events ORDER BY event_id",
+    )
     assert (types["tags"], types["plugins"]) == ("JSON", "JSON")
     assert rows == [
         ("1", '{"team":"support","q\\"":"é"}', '{"search":2,"code":1}'),
@@ -137,12 +143,9 @@ def test_m009_stores_event_ids_as_uuids_and_keeps_a_foreign_id_as_its_md5(tmp_pa
         "(?, 2, 10), ('written-by-hand', 1, 20)",
         [ours],
     )
-    con.close()
-    with connect(database) as con:
-        types = event_column_types(con)
-        rows = con.execute(
-            "SELECT event_id::VARCHAR, input_tokens FROM events ORDER BY input_tokens"
-        ).fetchall()
+    types, rows = migrated(
+        con, database, "SELECT event_id::VARCHAR, input_tokens FROM events ORDER BY input_tokens"
+    )
     assert types["event_id"] == "UUID"
     digest = hashlib.md5(b"written-by-hand").hexdigest()
     assert rows == [(ours, 10), (str(uuid.UUID(digest)), 20)]
