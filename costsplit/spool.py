@@ -141,11 +141,7 @@ class Spool:
                 except SpoolError as exc:
                     self._hold(line)
                     raise SpoolError(f"{exc}; {self._held_note()}") from exc
-            if self.fsync_interval == 0:
-                self._fsync(self._fd)
-            elif not self._dirty:
-                self._dirty = True
-                self._wake.set()
+            self._written()
 
     def _place(self, line: bytes) -> None:
         """Copy ``line`` after the segment's last one; on failure nothing moved."""
