@@ -85,6 +85,7 @@ from costsplit.usage import (
     Usage,
     estimate_tokens,
     load_json,
+    may_be_object,
     parse_body,
     parse_stream,
     parse_stream_tail,
@@ -449,8 +450,12 @@ class Exchange:
                     tags = dict(tags)
                 tags[name[len(TAG_HEADER_PREFIX) :]] = value
 
-        self.request = load_json(body) if body[:1] == b"{" else None
-        request = self.request if isinstance(self.request, dict) else _NOTHING
+        # The parsed request lives only through ``begin``: the exchange keeps the bytes
+        # (which the garbage collector never scans), parsed again only to estimate the input
+        # of a call that never got its usage.
+        self.request_bytes = body
+        request = load_json(body) if may_be_object(body) else None
+        request = request if isinstance(request, dict) else _NOTHING
         parameters = request.get("parameters")
         parameters = parameters if isinstance(parameters, dict) else _NOTHING
         model = request.get("model")
@@ -837,7 +842,8 @@ class Exchange:
         event.plugins = usage.plugins
 
     def _input_estimate(self) -> int:
-        return estimate_tokens(request_text(self.request))
+        body = self.request_bytes
+        return estimate_tokens(request_text(load_json(body) if may_be_object(body) else None))
 
     def _estimate(self, body: bytes) -> Usage:
         text = self.evicted or StreamText(
@@ -878,7 +884,9 @@ def _without_usage_null(line: bytes, start: int) -> bytes:
 
 def _is_usage_only(payload: bytes) -> bool:
     """Whether an SSE data payload is the usage-only chunk (``choices: []`` and a usage)."""
-    data = load_json(payload.strip())
+    if not may_be_object(payload):  # ``[DONE]``
+        return False
+    data = load_json(payload)
     return (
         isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
     )

@@ -315,6 +315,12 @@ def load_json(body: bytes) -> Any:
         return None
 
 
+def may_be_object(data: bytes) -> bool:
+    """False when ``data`` cannot be a JSON object (``[DONE]``), told without parsing: a
+    failed parse raises, and that costs more than a parse."""
+    return data[:1] == b"{" or data.lstrip()[:1] == b"{"
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 
@@ -562,7 +568,7 @@ class StreamText:
     def feed(self, data: bytes, api_style: str) -> None:
         """Collect the text of every complete data event in ``data``."""
         for sse in iter_events(data):
-            body = load_json(sse.data)
+            body = load_json(sse.data) if may_be_object(sse.data) else None
             if not isinstance(body, dict):
                 continue
             if api_style == "dashscope":

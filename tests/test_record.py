@@ -162,6 +162,16 @@ def test_closed_before_any_response_is_interrupted_with_the_input_estimate():
     assert (event.input_tokens, event.output_tokens, event.total_tokens) == (6, 0, 6)
 
 
+def test_a_request_body_with_leading_whitespace_is_read_as_json():
+    rec, sink = recorder()
+    ex = rec.begin("POST", CHAT, headers(), b'\n  {"model":"qwen-flash","stream":true}')
+    assert ex.request_body is not None  # a compatible stream: include_usage injected
+    assert orjson.loads(ex.request_body)["stream_options"] == {"include_usage": True}
+    ex.close()
+    [event] = sink
+    assert (event.model_requested, event.streamed) == ("qwen-flash", True)
+
+
 def test_scenario_is_context_local_across_threads():
     rec, _ = recorder()
     seen = {}

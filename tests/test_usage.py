@@ -15,6 +15,8 @@ from costsplit.usage import (
     Usage,
     estimate_tokens,
     iter_events,
+    load_json,
+    may_be_object,
     normalise_usage,
     parse_body,
     parse_stream,
@@ -287,6 +289,18 @@ def test_any_json_gives_consistent_usage(value):
     for endpoint in ("chat", "embedding"):
         assert consistent(parse_body(body, endpoint).usage)
         assert consistent(normalise_usage(value, endpoint))
+
+
+@given(json_values, st.sampled_from([b"", b" ", b"\n\t ", b"\r\n"]))
+def test_a_payload_is_parsed_whenever_it_may_be_an_object(value, space):
+    # ``may_be_object`` spares the parse of ``[DONE]`` and the like; it never skips an object.
+    payload = space + (
+        orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS) if value == value else b"{}"
+    )
+    if isinstance(load_json(payload), dict):
+        assert may_be_object(payload)
+    assert not may_be_object(b"[DONE]")
+    assert not may_be_object(b"")
 
 
 @given(
