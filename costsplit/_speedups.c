@@ -12,10 +12,17 @@
  * new_event_id() is costsplit.events.new_event_id: a UUIDv7 string (RFC 9562 section 5.7), 48
  * bits of Unix milliseconds then 74 random bits from a per-process xoshiro256** generator that
  * Python seeds from os.urandom with seed_event_ids(32 bytes), at import and in a forked child.
+ *
+ * event_line(event) returns what costsplit.events.UsageEvent.to_json_line returns -- the same
+ * bytes orjson writes for the version-2 line -- or None when a value is of a type it does not
+ * write (a float, a subclass, a nested container, an integer beyond 64 bits, a string that is
+ * not valid UTF-8): the caller then uses the Python writer. The fields, their order and how
+ * each is left out are given once by events.py through set_event_fields, from the dataclass.
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE /* memmem */
 #include <Python.h>
+#include <structmember.h> /* T_OBJECT_EX: how a __slots__ member is stored */
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -143,6 +150,320 @@ new_event_id(PyObject *module, PyObject *unused)
     return PyUnicode_FromStringAndSize(text, sizeof(text));
 }
 
+/* -- event lines ---------------------------------------------------------------------------- */
+
+enum { WRITE_ALWAYS, SKIP_FALSY, SKIP_NONE, SKIP_DEFAULT };
+
+typedef struct {
+    PyObject *key;        /* bytes: ',"name":' (the first field without its comma) */
+    PyObject *descriptor; /* the slot's member descriptor (kept alive for offset) */
+    Py_ssize_t offset;    /* where the slot's object pointer sits in the instance */
+    PyObject *value;      /* a constant written instead of the slot's value, or NULL */
+    PyObject *fallback;   /* the default compared against (SKIP_DEFAULT), or NULL */
+    int rule;
+} EventField;
+
+static EventField *event_fields = NULL;
+static PyObject *zero, *empty_text; /* the usual falsy values, told by identity first */
+static Py_ssize_t event_field_count = 0;
+static PyTypeObject *event_type = NULL;
+
+typedef struct {
+    char *data;
+    Py_ssize_t size, capacity;
+    char inline_space[2048];
+} Buffer;
+
+static int
+buffer_reserve(Buffer *buffer, Py_ssize_t more)
+{
+    if (buffer->size + more <= buffer->capacity) {
+        return 0;
+    }
+    Py_ssize_t capacity = (buffer->size + more) * 2;
+    char *data;
+    if (buffer->data == buffer->inline_space) {
+        data = PyMem_Malloc(capacity);
+        if (data != NULL) {
+            memcpy(data, buffer->data, buffer->size);
+        }
+    }
+    else {
+        data = PyMem_Realloc(buffer->data, capacity);
+    }
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    buffer->data = data;
+    buffer->capacity = capacity;
+    return 0;
+}
+
+static int
+buffer_add(Buffer *buffer, const char *bytes, Py_ssize_t size)
+{
+    if (buffer_reserve(buffer, size) < 0) {
+        return -1;
+    }
+    memcpy(buffer->data + buffer->size, bytes, size);
+    buffer->size += size;
+    return 0;
+}
+
+/* Bytes a JSON string escapes: control characters, the quote and the backslash (orjson writes
+ * everything else, DEL and all of UTF-8 included, as it is). */
+static char escaped[256];
+
+/* 1: written; 0: a value this writer does not write (the caller falls back); -1: an error. */
+static int
+write_string(Buffer *buffer, PyObject *text)
+{
+    static const char hex[] = "0123456789abcdef";
+    Py_ssize_t size;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &size);
+    if (utf8 == NULL) {
+        PyErr_Clear(); /* lone surrogates: the Python writer raises its own error */
+        return 0;
+    }
+    if (buffer_reserve(buffer, size * 6 + 2) < 0) { /* \u00XX is the longest escape */
+        return -1;
+    }
+    char *out = buffer->data + buffer->size;
+    *out++ = '"';
+    Py_ssize_t i = 0;
+    while (i < size) {
+        Py_ssize_t run = i;
+        while (run < size && !escaped[(unsigned char)utf8[run]]) {
+            run++;
+        }
+        memcpy(out, utf8 + i, run - i); /* a run of bytes that go as they are */
+        out += run - i;
+        if (run == size) {
+            break;
+        }
+        unsigned char c = (unsigned char)utf8[run];
+        i = run + 1;
+        *out++ = '\\';
+        switch (c) {
+        case '"': *out++ = '"'; break;
+        case '\\': *out++ = '\\'; break;
+        case '\b': *out++ = 'b'; break;
+        case '\t': *out++ = 't'; break;
+        case '\n': *out++ = 'n'; break;
+        case '\f': *out++ = 'f'; break;
+        case '\r': *out++ = 'r'; break;
+        default:
+            *out++ = 'u';
+            *out++ = '0';
+            *out++ = '0';
+            *out++ = hex[c >> 4];
+            *out++ = hex[c & 0xF];
+        }
+    }
+    *out++ = '"';
+    buffer->size = out - buffer->data;
+    return 1;
+}
+
+static int
+write_scalar(Buffer *buffer, PyObject *value)
+{
+    if (PyUnicode_CheckExact(value)) {
+        return write_string(buffer, value);
+    }
+    if (value == Py_None) {
+        return buffer_add(buffer, "null", 4) < 0 ? -1 : 1;
+    }
+    if (value == Py_True) {
+        return buffer_add(buffer, "true", 4) < 0 ? -1 : 1;
+    }
+    if (value == Py_False) {
+        return buffer_add(buffer, "false", 5) < 0 ? -1 : 1;
+    }
+    if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow) {
+            return 0;
+        }
+        char digits[24], *end = digits + sizeof(digits), *at = end;
+        unsigned long long magnitude = number < 0 ? 0ULL - (unsigned long long)number
+                                                  : (unsigned long long)number;
+        do {
+            *--at = (char)('0' + magnitude % 10);
+            magnitude /= 10;
+        } while (magnitude);
+        if (number < 0) {
+            *--at = '-';
+        }
+        return buffer_add(buffer, at, end - at) < 0 ? -1 : 1;
+    }
+    return 0;
+}
+
+static int
+write_value(Buffer *buffer, PyObject *value)
+{
+    if (!PyDict_CheckExact(value)) {
+        return write_scalar(buffer, value);
+    }
+    /* tags (text) and plugins (counts): an object of scalars (write_scalar refuses the rest) */
+    Py_ssize_t position = 0;
+    PyObject *key, *item;
+    char separator = '{';
+    while (PyDict_Next(value, &position, &key, &item)) {
+        if (!PyUnicode_CheckExact(key)) {
+            return 0;
+        }
+        if (buffer_add(buffer, &separator, 1) < 0) {
+            return -1;
+        }
+        separator = ',';
+        int done = write_string(buffer, key);
+        if (done == 1) {
+            done = buffer_add(buffer, ":", 1) < 0 ? -1 : write_scalar(buffer, item);
+        }
+        if (done != 1) {
+            return done;
+        }
+    }
+    if (separator == '{') {
+        return buffer_add(buffer, "{}", 2) < 0 ? -1 : 1;
+    }
+    return buffer_add(buffer, "}", 1) < 0 ? -1 : 1;
+}
+
+/* 1: leave the field out; 0: write it; -1: an error. */
+static int
+left_out(const EventField *field, PyObject *value)
+{
+    switch (field->rule) {
+    case SKIP_FALSY: {
+        if (value == zero || value == empty_text || value == Py_None || value == Py_False) {
+            return 1;
+        }
+        int truth = PyObject_IsTrue(value);
+        return truth < 0 ? -1 : !truth;
+    }
+    case SKIP_NONE:
+        return value == Py_None;
+    case SKIP_DEFAULT: {
+        int differs = PyObject_RichCompareBool(value, field->fallback, Py_NE);
+        return differs < 0 ? -1 : !differs;
+    }
+    default:
+        return 0;
+    }
+}
+
+static PyObject *
+event_line(PyObject *module, PyObject *event)
+{
+    if (event_fields == NULL || Py_TYPE(event) != event_type) {
+        Py_RETURN_NONE;
+    }
+    Buffer buffer;
+    buffer.data = buffer.inline_space;
+    buffer.size = 0;
+    buffer.capacity = sizeof(buffer.inline_space);
+    PyObject *result = NULL;
+    if (buffer_add(&buffer, "{", 1) < 0) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < event_field_count; i++) {
+        const EventField *field = &event_fields[i];
+        PyObject *value = field->value;
+        if (value != NULL) {
+            Py_INCREF(value);
+        }
+        else {
+            value = *(PyObject **)((char *)event + field->offset);
+            if (value == NULL) { /* a slot never set: the Python writer raises for it */
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+            Py_INCREF(value);
+        }
+        int outcome = left_out(field, value); /* 1: left out, 0: to write, -1: error */
+        if (outcome == 0) {
+            outcome = buffer_add(&buffer, PyBytes_AS_STRING(field->key),
+                                 PyBytes_GET_SIZE(field->key));
+            if (outcome == 0) {
+                outcome = write_value(&buffer, value); /* 1: written, 0: not writable here */
+            }
+            if (outcome == 0) {
+                Py_DECREF(value);
+                result = Py_NewRef(Py_None);
+                goto done;
+            }
+        }
+        Py_DECREF(value);
+        if (outcome < 0) {
+            goto done;
+        }
+    }
+    if (buffer_add(&buffer, "}\n", 2) == 0) {
+        result = PyBytes_FromStringAndSize(buffer.data, buffer.size);
+    }
+done:
+    if (buffer.data != buffer.inline_space) {
+        PyMem_Free(buffer.data);
+    }
+    return result;
+}
+
+static PyObject *
+set_event_fields(PyObject *module, PyObject *args)
+{
+    PyObject *type, *fields;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &type, &PyTuple_Type, &fields)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(fields);
+    EventField *table = PyMem_Calloc(count ? count : 1, sizeof(EventField));
+    if (table == NULL) {
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *key, *descriptor, *value, *fallback;
+        int rule;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(fields, i), "O!OOOi", &PyBytes_Type, &key,
+                              &descriptor, &value, &fallback, &rule)) {
+            goto failed;
+        }
+        if (!Py_IS_TYPE(descriptor, &PyMemberDescr_Type) ||
+            ((PyMemberDescrObject *)descriptor)->d_member->type != T_OBJECT_EX) {
+            PyErr_Format(PyExc_TypeError, "field %zd is not a __slots__ member", i);
+            goto failed;
+        }
+        if (rule < WRITE_ALWAYS || rule > SKIP_DEFAULT) {
+            PyErr_Format(PyExc_ValueError, "field %zd: unknown rule %d", i, rule);
+            goto failed;
+        }
+        table[i].key = Py_NewRef(key);
+        table[i].descriptor = Py_NewRef(descriptor);
+        table[i].offset = ((PyMemberDescrObject *)descriptor)->d_member->offset;
+        table[i].value = value == Py_None ? NULL : Py_NewRef(value);
+        table[i].fallback = Py_NewRef(fallback);
+        table[i].rule = rule;
+    }
+    /* installed once per process (events.py at import); an earlier table stays referenced */
+    event_fields = table;
+    event_field_count = count;
+    event_type = (PyTypeObject *)Py_NewRef(type);
+    Py_RETURN_NONE;
+failed:
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_XDECREF(table[i].key);
+        Py_XDECREF(table[i].descriptor);
+        Py_XDECREF(table[i].value);
+        Py_XDECREF(table[i].fallback);
+    }
+    PyMem_Free(table);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"filter_chunk", (PyCFunction)(void (*)(void))filter_chunk, METH_FASTCALL,
      "filter_chunk(exchange, data): exchange.filter(data), the usual chunk settled in C."},
@@ -150,6 +471,10 @@ static PyMethodDef methods[] = {
      "new_event_id(): a UUIDv7 string, as costsplit.events.new_event_id."},
     {"seed_event_ids", seed_event_ids, METH_O,
      "seed_event_ids(seed): seed the id generator with 32 bytes from os.urandom."},
+    {"event_line", event_line, METH_O,
+     "event_line(event): UsageEvent.to_json_line(), or None where the Python writer must."},
+    {"set_event_fields", set_event_fields, METH_VARARGS,
+     "set_event_fields(type, fields): the line's fields, once, from costsplit.events."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -167,6 +492,15 @@ PyInit__speedups(void)
     carry_name = PyUnicode_InternFromString("carry");
     skip_blank_name = PyUnicode_InternFromString("skip_blank");
     filter_name = PyUnicode_InternFromString("filter");
+    for (int c = 0; c < 0x20; c++) {
+        escaped[c] = 1;
+    }
+    escaped['"'] = escaped['\\'] = 1;
+    zero = PyLong_FromLong(0);
+    empty_text = PyUnicode_FromStringAndSize(NULL, 0);
+    if (zero == NULL || empty_text == NULL) {
+        return NULL;
+    }
     if (carry_name == NULL || skip_blank_name == NULL || filter_name == NULL) {
         return NULL;
     }

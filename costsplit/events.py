@@ -146,7 +146,7 @@ class UsageEvent:
         """The event as one newline-terminated JSON line (``schema_version`` 2): the id, the
         version, the start time and the fields whose value is not their default, in
         ``COLUMNS`` order."""
-        return _line_of(self)
+        return _compiled_line(self) or _line_of(self)
 
 
 _ALWAYS = ("event_id", "schema_version", "started_at")  # in every line
@@ -168,6 +168,14 @@ def _field_defaults() -> dict[str, Any]:
 DEFAULTS: dict[str, Any] = _field_defaults()
 
 
+def _leave_out_rule(default: Any) -> str:
+    """How a line leaves out a field with this default: ``none`` (only None), ``falsy`` (any
+    falsy value, None included, reads as the default) or ``equal`` (equal to the default)."""
+    if default is None:
+        return "none"
+    return "falsy" if not default else "equal"
+
+
 def _line_writer() -> Callable[[UsageEvent], bytes]:
     """Generate the serialiser: one test per field in straight-line code, then one
     ``orjson.dumps`` of a dict. Faster than ``orjson.dumps`` of the whole slots dataclass
@@ -179,9 +187,10 @@ def _line_writer() -> Callable[[UsageEvent], bytes]:
     ]
     namespace: dict[str, Any] = {"dumps": orjson.dumps, "APPEND": orjson.OPT_APPEND_NEWLINE}
     for name, default in DEFAULTS.items():
-        if default is None:
+        rule = _leave_out_rule(default)
+        if rule == "none":
             test = "value is not None"
-        elif not default:  # 0, "", False, {}: a falsy value (None included) reads as the default
+        elif rule == "falsy":  # 0, "", False, {}: a falsy value (None too) reads as the default
             test = "value"
         else:
             namespace[f"_default_{name}"] = default
@@ -256,6 +265,29 @@ except ImportError:  # pragma: no cover
 else:
     _speedups.seed_event_ids(os.urandom(32))
     new_event_id = _speedups.new_event_id
+
+
+def _compiled_line_writer() -> Callable[[UsageEvent], bytes | None]:
+    """The line writer of ``costsplit/_speedups.c``, given the same fields and rules as the
+    generated one: it returns the same bytes, or None for a value it does not write (the
+    Python writer then does). Where it was not built, a writer that always says None."""
+    if _speedups is None:
+        return lambda event: None
+    rules = {"always": 0, "falsy": 1, "none": 2, "equal": 3}
+    fields = []
+    for name in ("event_id", "schema_version", "started_at", *DEFAULTS):
+        key = f'"{name}":'.encode() if name == "event_id" else f',"{name}":'.encode()
+        constant = SCHEMA_VERSION if name == "schema_version" else None
+        if name in _ALWAYS:
+            rule, default = "always", None
+        else:
+            rule, default = _leave_out_rule(DEFAULTS[name]), DEFAULTS[name]
+        fields.append((key, UsageEvent.__dict__[name], constant, default, rules[rule]))
+    _speedups.set_event_fields(UsageEvent, tuple(fields))
+    return _speedups.event_line
+
+
+_compiled_line = _compiled_line_writer()
 
 
 def fingerprint_key(api_key: str) -> str:

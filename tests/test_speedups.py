@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -9,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -131,3 +133,54 @@ def test_compiled_event_ids_draw_from_the_seed_given():
     assert not set(first) & set(other)
     with pytest.raises(ValueError, match="32 bytes"):
         speedups.seed_event_ids(b"short")
+
+
+ESCAPES = st.sampled_from('\x00\x01\x1f\x7f"\\/\b\t\n\f\ré…😀')
+TEXT = st.text(ESCAPES | st.characters(codec="utf-8"), max_size=12)  # what JSON escapes, and more
+NUMBER = st.integers(-(2**63), 2**63 - 1)
+ODD = st.none() | st.floats(allow_nan=False) | st.lists(NUMBER, max_size=2) | st.integers(2**64)
+
+
+def value_of(field_type: str):
+    """Values of the kind an event field holds."""
+    if field_type.startswith("dict"):
+        return st.dictionaries(TEXT, TEXT | NUMBER, max_size=3)
+    if "int" in field_type:
+        return NUMBER | st.none() if "None" in field_type else NUMBER
+    if "bool" in field_type:
+        return st.booleans()
+    return TEXT | st.none() if "None" in field_type else TEXT
+
+
+FIELDS = {field.name: str(field.type) for field in dataclasses.fields(events.UsageEvent)}
+EVENT_VALUES = st.fixed_dictionaries({}, optional={n: value_of(t) for n, t in FIELDS.items()})
+
+
+@given(EVENT_VALUES)
+def test_compiled_and_python_event_lines_agree(values):
+    event = events.UsageEvent(**values)
+    assert speedups.event_line(event) == events._line_of(event) == event.to_json_line()
+
+
+@given(EVENT_VALUES, st.sampled_from(sorted(FIELDS)), ODD | st.dictionaries(TEXT, ODD, max_size=2))
+def test_a_value_the_compiled_writer_does_not_write_goes_to_the_python_one(values, name, odd):
+    event = events.UsageEvent(**{**values, name: odd})
+    try:
+        expected = events._line_of(event)
+    except (TypeError, orjson.JSONEncodeError):  # the Python writer refuses it: so does C
+        assert speedups.event_line(event) is None
+        return
+    assert speedups.event_line(event) in (expected, None)
+    assert event.to_json_line() == expected
+
+
+def test_the_compiled_line_writer_is_the_package_s_and_steps_aside_for_subclasses():
+    class Marked(events.UsageEvent):
+        __slots__ = ()
+
+    event = events.UsageEvent(started_at="2026-01-01T00:00:00.000000Z", tags={"team": "a\nb"})
+    assert speedups.event_line(event) == events._line_of(event)
+    assert speedups.event_line(Marked(started_at=event.started_at)) is None
+    assert speedups.event_line("not an event") is None
+    with pytest.raises(TypeError, match="not a __slots__ member"):
+        speedups.set_event_fields(events.UsageEvent, ((b'"x":', property(), None, None, 0),))
