@@ -13,6 +13,12 @@
  * bits of Unix milliseconds then 74 random bits from a per-process xoshiro256** generator that
  * Python seeds from os.urandom with seed_event_ids(32 bytes), at import and in a forked child.
  *
+ * pick_headers(items, names, prefix) is the selection costsplit.transport.header_items makes
+ * from httpx's parsed header list (raw name, lower-case name, value; all bytes): the
+ * (name, value) text pairs, lower-case names, of the headers whose lower-case name is in the
+ * frozenset `names` or starts with `prefix`, decoded as ASCII (a UnicodeDecodeError otherwise,
+ * which sends the caller to httpx's own decoding).
+ *
  * event_line(event) returns what costsplit.events.UsageEvent.to_json_line returns -- the same
  * bytes orjson writes for the version-2 line -- or None when a value is of a type it does not
  * write (a float, a subclass, a nested container, an integer beyond 64 bits, a string that is
@@ -148,6 +154,67 @@ new_event_id(PyObject *module, PyObject *unused)
         text[at++] = hex[(word >> (60 - 4 * (nibble % 16))) & 0xF];
     }
     return PyUnicode_FromStringAndSize(text, sizeof(text));
+}
+
+/* -- headers ------------------------------------------------------------------------------ */
+
+static PyObject *
+pick_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyFrozenSet_CheckExact(args[1]) ||
+        !PyBytes_CheckExact(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "pick_headers(list, frozenset, bytes)");
+        return NULL;
+    }
+    PyObject *items = args[0], *names = args[1], *prefix = args[2];
+    const char *prefix_bytes = PyBytes_AS_STRING(prefix);
+    Py_ssize_t prefix_size = PyBytes_GET_SIZE(prefix);
+    PyObject *picked = PyList_New(0);
+    if (picked == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 3 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 2))) {
+            PyErr_SetString(PyExc_TypeError, "pick_headers: an item is not (bytes, bytes, bytes)");
+            goto failed;
+        }
+        PyObject *name = PyTuple_GET_ITEM(item, 1), *value = PyTuple_GET_ITEM(item, 2);
+        int wanted = PyBytes_GET_SIZE(name) >= prefix_size &&
+                     memcmp(PyBytes_AS_STRING(name), prefix_bytes, prefix_size) == 0;
+        if (!wanted) {
+            wanted = PySet_Contains(names, name);
+            if (wanted < 0) {
+                goto failed;
+            }
+        }
+        if (!wanted) {
+            continue;
+        }
+        PyObject *pair = PyTuple_New(2);
+        if (pair == NULL) {
+            goto failed;
+        }
+        PyObject *text_name = PyUnicode_DecodeASCII(PyBytes_AS_STRING(name),
+                                                    PyBytes_GET_SIZE(name), "strict");
+        PyTuple_SET_ITEM(pair, 0, text_name);
+        PyObject *text_value = text_name == NULL ? NULL
+                                                 : PyUnicode_DecodeASCII(PyBytes_AS_STRING(value),
+                                                                         PyBytes_GET_SIZE(value),
+                                                                         "strict");
+        PyTuple_SET_ITEM(pair, 1, text_value);
+        if (text_value == NULL || PyList_Append(picked, pair) < 0) {
+            Py_DECREF(pair); /* frees what was decoded; a NULL slot is skipped */
+            goto failed;
+        }
+        Py_DECREF(pair);
+    }
+    return picked;
+failed:
+    Py_DECREF(picked);
+    return NULL;
 }
 
 /* -- event lines ---------------------------------------------------------------------------- */
@@ -471,6 +538,8 @@ static PyMethodDef methods[] = {
      "new_event_id(): a UUIDv7 string, as costsplit.events.new_event_id."},
     {"seed_event_ids", seed_event_ids, METH_O,
      "seed_event_ids(seed): seed the id generator with 32 bytes from os.urandom."},
+    {"pick_headers", (PyCFunction)(void (*)(void))pick_headers, METH_FASTCALL,
+     "pick_headers(items, names, prefix): the header pairs costsplit reads, decoded."},
     {"event_line", event_line, METH_O,
      "event_line(event): UsageEvent.to_json_line(), or None where the Python writer must."},
     {"set_event_fields", set_event_fields, METH_VARARGS,

@@ -83,6 +83,24 @@ _RESPONSE_NAMES = frozenset(name.encode() for name in RESPONSE_HEADERS_READ)
 _OURS = HEADER_PREFIX.encode()
 
 
+def _pick_headers(
+    items: list[tuple[bytes, bytes, bytes]], names: frozenset[bytes], prefix: bytes
+) -> list[tuple[str, str]]:
+    """The headers of httpx's parsed list whose lower-case name is in ``names`` or starts
+    with ``prefix``, as ASCII text (compiled in ``costsplit/_speedups.c`` where it was built)."""
+    return [
+        (key.decode("ascii"), value.decode("ascii"))
+        for _, key, value in items
+        if key in names or key.startswith(prefix)
+    ]
+
+
+try:
+    from costsplit._speedups import pick_headers
+except ImportError:  # pragma: no cover - the same in Python
+    pick_headers = _pick_headers
+
+
 def header_items(
     headers: Any, names: frozenset[bytes] | None = None, prefix: bytes = b"\0"
 ) -> list[tuple[str, str]]:
@@ -99,12 +117,8 @@ def header_items(
                 return [
                     (key.decode("ascii"), value.decode("ascii")) for _, key, value in headers._list
                 ]
-            return [
-                (key.decode("ascii"), value.decode("ascii"))
-                for _, key, value in headers._list
-                if key in names or key.startswith(prefix)
-            ]
-    except (AttributeError, UnicodeDecodeError, ValueError):
+            return pick_headers(headers._list, names, prefix)
+    except (AttributeError, TypeError, UnicodeDecodeError, ValueError):
         pass
     if names is None:
         return headers.multi_items()

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from costsplit import events, record
+from costsplit import events, record, transport
 from costsplit.config import Settings
 from costsplit.record import Exchange, Recorder
 
@@ -184,3 +184,31 @@ def test_the_compiled_line_writer_is_the_package_s_and_steps_aside_for_subclasse
     assert speedups.event_line("not an event") is None
     with pytest.raises(TypeError, match="not a __slots__ member"):
         speedups.set_event_fields(events.UsageEvent, ((b'"x":', property(), None, None, 0),))
+
+
+HEADER_NAMES = st.sampled_from(
+    [b"authorization", b"x-dashscope-sse", b"x-costsplit-tag-team", b"x-costsplit-", b"x-cost",
+     b"user-agent", b"content-type", b"", "é".encode(), b"x-costsplit-\xff"]
+)  # fmt: skip
+HEADER_VALUES = st.binary(max_size=6) | st.sampled_from([b"Bearer k", b"enable", b""])
+
+
+@given(st.lists(st.tuples(HEADER_NAMES, HEADER_VALUES), max_size=8))
+def test_compiled_and_python_header_picks_agree(pairs):
+    items = [(name.upper(), name, value) for name, value in pairs]  # as httpx parses them
+    names, prefix = transport._REQUEST_NAMES, transport._OURS
+    try:
+        expected = transport._pick_headers(items, names, prefix)
+    except UnicodeDecodeError:
+        with pytest.raises(UnicodeDecodeError):
+            speedups.pick_headers(items, names, prefix)
+        return
+    assert speedups.pick_headers(items, names, prefix) == expected
+
+
+def test_the_package_picks_headers_in_c_and_refuses_what_is_not_httpx_s_list():
+    assert transport.pick_headers is speedups.pick_headers
+    with pytest.raises(TypeError):
+        speedups.pick_headers([(b"a", b"b")], transport._REQUEST_NAMES, transport._OURS)
+    with pytest.raises(TypeError):
+        speedups.pick_headers((), transport._REQUEST_NAMES, transport._OURS)
