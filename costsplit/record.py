@@ -123,6 +123,7 @@ RESPONSE_HEADERS_READ = frozenset(
     {"content-type", "content-encoding", "x-request-id", "x-dashscope-request-id"}
 )
 USAGE_NULL = b'"usage":null'  # what include_usage adds to every other compatible chunk
+INCLUDE_USAGE_MEMBER = b'"stream_options":{"include_usage":true}'  # what costsplit asks for
 HEADER_PREFIX = "x-costsplit-"
 BODY_HEADERS = ("content-length", "accept-encoding")  # set anew when include_usage is injected
 TAG_HEADER_PREFIX = "x-costsplit-tag-"
@@ -484,7 +485,7 @@ class Exchange:
             "plan" if key.plan or target.plan else "payg",
         )
 
-        new_body = self._inject_include_usage(request) if streamed else None
+        new_body = self._inject_include_usage(request, body) if streamed else None
         if new_body is not None:
             self.request_body = new_body
         if ours or new_body is not None:
@@ -516,8 +517,13 @@ class Exchange:
             return []
         return [("Content-Length", str(len(body))), ("Accept-Encoding", "identity")]
 
-    def _inject_include_usage(self, request: dict[str, Any]) -> bytes | None:
-        """The body with ``stream_options.include_usage = true``, or None when not needed."""
+    def _inject_include_usage(self, request: dict[str, Any], body: bytes) -> bytes | None:
+        """The body with ``stream_options.include_usage = true``, or None when not needed.
+
+        Without ``stream_options`` (the usual case) the member is spliced in after the opening
+        brace and the caller's bytes stay as they are: a long conversation is not written
+        again, and its numbers and escapes reach Model Studio as the caller wrote them.
+        """
         if self.api_style != "openai-compatible" or self.endpoint != "chat":
             return None
         options = request.get("stream_options")
@@ -526,6 +532,11 @@ class Exchange:
         if options is not None and not isinstance(options, dict):
             return None  # something we do not understand: leave the request alone
         self.filter_usage = True
+        if "stream_options" not in request:  # not even null: a second member cannot arise
+            brace = body.index(b"{") + 1
+            rest = body[brace:]
+            comma = b"," if rest.lstrip()[:1] != b"}" else b""
+            return body[:brace] + INCLUDE_USAGE_MEMBER + comma + rest
         return orjson.dumps(
             {**request, "stream_options": {**(options or {}), "include_usage": True}}
         )

@@ -277,6 +277,48 @@ def test_include_usage_injected_and_usage_chunk_removed_chunk_for_chunk():
     assert (event.streamed, event.model_returned) == (True, "qwen-flash")
 
 
+def test_include_usage_is_spliced_in_and_the_caller_s_bytes_stay_as_written():
+    rec, _ = recorder()
+    body = b'{"model":"qwen-flash", "stream":true,"temperature":1e-1,"text":"caf\\u00e9"}'
+    sent = rec.begin("POST", CHAT, headers(), body).request_body
+    assert sent == b'{"stream_options":{"include_usage":true},' + body[1:]
+    sse = headers(**{"X-DashScope-SSE": "enable"})  # streamed by header, the object empty
+    sent = rec.begin("POST", CHAT, sse, b"{ }").request_body
+    assert sent == b'{"stream_options":{"include_usage":true} }'
+    # stream_options given, but as null or without include_usage: the body is written anew,
+    # with one stream_options member
+    for given_options in (b"null", b'{"continuous_usage_stats":false}'):
+        body = b'{"model":"m","stream":true,"stream_options":' + given_options + b"}"
+        sent = rec.begin("POST", CHAT, headers(), body).request_body
+        assert sent.count(b'"stream_options"') == 1
+        options = orjson.loads(sent)["stream_options"]
+        assert options == {**(orjson.loads(given_options) or {}), "include_usage": True}
+
+
+request_members = st.dictionaries(
+    st.sampled_from(["model", "messages", "n", "temperature", "stream_options", "x"]),
+    st.none()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=4)
+    | st.lists(st.text(max_size=3)),
+    max_size=4,
+)
+
+
+@given(request_members, st.booleans(), st.sampled_from([b"", b" ", b"\n  "]))
+def test_any_streamed_request_asks_for_usage_once_and_keeps_the_rest(members, indent, space):
+    request = {**members, "stream": True}
+    body = space + orjson.dumps(request, option=orjson.OPT_INDENT_2 if indent else 0)
+    rec, _ = recorder()
+    sent = rec.begin("POST", CHAT, headers(), body).request_body
+    options = request.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        assert sent is None  # not understood: left alone
+        return
+    assert sent.count(b'"stream_options"') == 1
+    assert orjson.loads(sent) == {**request, "stream_options": {"include_usage": True}}
+
+
 def test_usage_chunk_removed_across_odd_chunk_boundaries():
     rec, _ = recorder()
     ex = rec.begin("POST", CHAT, headers(), b'{"model":"qwen-flash","stream":true}')
