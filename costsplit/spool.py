@@ -7,8 +7,9 @@ its process's own segment, in the caller's thread. The segment is reserved on di
 with no system call: once ``append`` returns, the line is in the kernel's pages of the file, so
 a killed process loses nothing it acknowledged, and a full disk shows when a segment is
 reserved, never halfway through a line. A line that finds no room is held in memory (bounded)
-and written before any later one once there is room; the append raises all the same, so the
-recorder counts it. A background thread ``fsync``s the segment at most every
+and written before any later one once there is room, which the background thread also checks
+every interval, so held lines reach the disk without waiting for the next call; the append
+raises all the same, so the recorder counts it. The background thread ``fsync``s the segment at most every
 ``fsync_interval`` seconds (0 = ``fsync`` each event) to bound what a power loss can take. Where
 space cannot be reserved ahead (no ``posix_fallocate``, or a file system that refuses it) or a
 file cannot be mapped, the spool writes each line with one ``pwrite`` instead, with the same
@@ -62,6 +63,7 @@ SEGMENT_SUFFIX = ".jsonl"
 FIRST_SEGMENT_BYTES = 1024 * 1024
 MAX_SEGMENT_BYTES = 16 * 1024 * 1024
 MAX_HELD_BYTES = 64 * 1024 * 1024  # events kept in memory while the disk is full
+HELD_RETRY_SECONDS = 0.5  # how often held lines are tried when each append fsyncs itself
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
 
@@ -101,7 +103,8 @@ class Spool:
         self._held: collections.deque[bytes] = collections.deque()  # no room on disk yet
         self._held_bytes = 0
         self.max_held_bytes = max_held_bytes
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # set: lines to fsync or held lines to write
+        self._closing = threading.Event()  # set by close: the background thread stops waiting
         self._syncer: threading.Thread | None = None
         _LIVE.add(self)
 
@@ -174,6 +177,8 @@ class Spool:
             )
         self._held.append(line)
         self._held_bytes += len(line)
+        self._wake.set()  # the background thread tries them every interval
+        self._start_syncer()
 
     def _write_held(self) -> None:
         """Write the held lines in order; raises ``SpoolError`` while there is still no room."""
@@ -217,6 +222,7 @@ class Spool:
             if self._pid == os.getpid():
                 self._finish_segment()
             self._wake.set()
+            self._closing.set()
         syncer = self._syncer
         if syncer is not None and syncer is not threading.current_thread():
             syncer.join(timeout=5)
@@ -282,7 +288,11 @@ class Spool:
         if self._map is None:  # written with pwrite instead
             capacity = self.max_segment_bytes
         self._fd, self._path, self._used, self._capacity = fd, path, 0, capacity
-        if self.fsync_interval > 0 and (self._syncer is None or not self._syncer.is_alive()):
+        if self.fsync_interval > 0:
+            self._start_syncer()
+
+    def _start_syncer(self) -> None:
+        if self._syncer is None or not self._syncer.is_alive():
             self._syncer = threading.Thread(
                 target=self._sync_loop, name="costsplit-spool-fsync", daemon=True
             )
@@ -320,7 +330,7 @@ class Spool:
         self._pid, self._path = pid, None
         self._dirty = False
         self._syncer = None
-        self._wake = threading.Event()
+        self._wake, self._closing = threading.Event(), threading.Event()
 
     def _fsync(self, fd: int) -> None:
         try:
@@ -329,17 +339,24 @@ class Spool:
             raise SpoolError(f"{self._path}: cannot fsync: {exc.strerror}") from exc
 
     def _sync_loop(self) -> None:
-        """Group fsync: wake on the first unsynced write, wait the interval, sync them all."""
-        wake = self._wake
+        """The background thread: wake on the first unsynced write or held line, wait the
+        interval (``fsync_interval``, else ``HELD_RETRY_SECONDS``), write the held lines if
+        there is room now (while there is not, the wake stays set: tried every interval),
+        then ``fsync`` everything written since the last time."""
+        wake, closing = self._wake, self._closing
         while True:
             wake.wait()
             if self._closed or wake is not self._wake:
                 return
-            time.sleep(self.fsync_interval)
+            closing.wait(self.fsync_interval or HELD_RETRY_SECONDS)
             with self._lock:
                 if self._closed or wake is not self._wake:
                     return
-                wake.clear()
+                if self._held:
+                    with contextlib.suppress(SpoolError):  # still no room
+                        self._write_held()
+                if not self._held:
+                    wake.clear()
                 if self._fd < 0 or not self._dirty:
                     continue
                 self._dirty = False
@@ -423,7 +440,7 @@ def _after_fork_in_child() -> None:
     _REGISTRY_LOCK = threading.Lock()
     for spool in list(_LIVE):
         spool._lock = threading.Lock()
-        spool._wake = threading.Event()
+        spool._wake, spool._closing = threading.Event(), threading.Event()
         spool._syncer = None
         # Our copy of the parent's descriptor would keep the parent's segment locked (open, to
         # ingest) for as long as we live; drop it. The next append opens our own segment.

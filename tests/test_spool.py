@@ -155,7 +155,8 @@ def test_held_events_are_written_at_close_or_logged_as_lost(tmp_path, caplog):
     line = b'{"a":1}\n'
     for room_at_close, expected in ((True, [line, line]), (False, [line])):
         folder = tmp_path / str(room_at_close)
-        spool = Spool(folder, first_segment_bytes=8, max_segment_bytes=4096)
+        # no retry by the background thread between the two limits (close stops its wait)
+        spool = Spool(folder, 30.0, first_segment_bytes=8, max_segment_bytes=4096)
         spool.append_line(line)
         with file_size_limit(10), pytest.raises(SpoolError, match="held"):
             spool.append_line(line)
@@ -164,6 +165,26 @@ def test_held_events_are_written_at_close_or_logged_as_lost(tmp_path, caplog):
         assert [path.read_bytes() for path in segments(folder)] == expected
     assert "1 event(s) held in memory until there is room" in caplog.text
     assert "they are lost as this process closes" in caplog.text
+
+
+@pytest.mark.parametrize("fsync_interval", [0.05, 0.0])
+def test_held_events_reach_the_disk_once_there_is_room_without_another_append(
+    tmp_path, monkeypatch, fsync_interval
+):
+    # The disk fills during a burst of calls, then the calls stop while room is made: the
+    # background thread writes what is held, so no later call (or close) is needed for it.
+    monkeypatch.setattr("costsplit.spool.HELD_RETRY_SECONDS", 0.05)
+    lines = [b'{"a":1}\n', b'{"b":2}\n']
+    spool = Spool(tmp_path, fsync_interval, first_segment_bytes=8, max_segment_bytes=4096)
+    spool.append_line(lines[0])
+    with file_size_limit(10), pytest.raises(SpoolError, match="1 event"):
+        spool.append_line(lines[1])
+    deadline = time.monotonic() + 5
+    while spool.held and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert spool.held == 0
+    assert [line + b"\n" for line in spooled_lines(tmp_path)] == lines  # before close, in order
+    spool.close()
 
 
 def test_memory_for_held_events_is_bounded(tmp_path):
