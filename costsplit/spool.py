@@ -9,11 +9,11 @@ a killed process loses nothing it acknowledged, and a full disk shows when a seg
 reserved, never halfway through a line. A line that finds no room is held in memory (bounded)
 and written before any later one once there is room, which the background thread also checks
 every interval, so held lines reach the disk without waiting for the next call; the append
-raises all the same, so the recorder counts it. The background thread ``fsync``s the segment at most every
-``fsync_interval`` seconds (0 = ``fsync`` each event) to bound what a power loss can take. Where
-space cannot be reserved ahead (no ``posix_fallocate``, or a file system that refuses it) or a
-file cannot be mapped, the spool writes each line with one ``pwrite`` instead, with the same
-promises but for the full disk, which then shows as a failed write.
+raises all the same, so the recorder counts it. The background thread ``fsync``s the segment
+at most every ``fsync_interval`` seconds (0 = ``fsync`` each event) to bound what a power loss
+can take. Where space cannot be reserved ahead (no ``posix_fallocate``, or a file system that
+refuses it) or a file cannot be mapped, the spool writes each line with one ``pwrite`` instead,
+with the same promises but for the full disk, which then shows as a failed write.
 
 The reserved space past the last line reads as zero bytes, and no line contains one (JSON
 escapes it). A writer that closes its segment cuts it to its lines; a killed writer leaves the
