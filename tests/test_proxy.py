@@ -21,6 +21,7 @@ import time
 import httpx
 import orjson
 import pytest
+from full_disk import file_size_limit
 from proxy_world import events, normalise, proxy_settings, start_proxy, tokens, wait_events
 
 from costsplit.config import ProxySettings, Route, Workspace
@@ -597,3 +598,51 @@ def test_no_record_forwards_the_same_and_records_nothing(simulator, costsplit_ho
     assert normalise(proxied.content) == normalise(direct.content)
     assert [k for k in simulator.requests[0].headers if k.startswith("x-costsplit")] == []
     assert events(settings) == []
+
+
+# -- health ----------------------------------------------------------------------------------
+
+
+def test_health_is_answered_by_the_proxy_itself(costsplit_home):
+    # The only route goes nowhere: the health answer never leaves the proxy, nor is recorded.
+    settings = proxy_settings(costsplit_home, f"http://127.0.0.1:{closed_port()}")
+    with run_in_thread(settings) as proxy, run_in_thread(settings, record=False) as bare:
+        health = httpx.get(proxy.base_url + "/costsplit/health")
+        assert httpx.head(proxy.base_url + "/costsplit/health").status_code == 200
+        refused = httpx.post(proxy.base_url + "/costsplit/health", json={})
+        unrecorded = httpx.get(bare.base_url + "/costsplit/health").json()
+    assert (health.status_code, health.headers["content-type"]) == (200, "application/json")
+    report = health.json()
+    assert (report["status"], report["recording"], report["events_held"]) == ("ok", True, 0)
+    assert type(report["recording_errors"]) is int
+    assert (refused.status_code, refused.headers["allow"]) == (405, "GET, HEAD")
+    assert unrecorded == {
+        "status": "ok", "recording": False, "events_held": 0, "recording_errors": 0
+    }  # fmt: skip
+    assert events(settings) == []
+
+
+def test_health_tells_of_events_held_through_a_full_disk_until_they_are_written(
+    simulator, costsplit_home
+):
+    settings = proxy_settings(costsplit_home, simulator.base_url)
+    with run_in_thread(settings) as proxy:
+        errors = httpx.get(proxy.base_url + "/costsplit/health").json()["recording_errors"]
+        with file_size_limit(100):  # no room for the spool's first segment
+            answered = httpx.post(proxy.base_url + CHAT, json=BODY, headers=AUTH)
+            held = httpx.get(proxy.base_url + "/costsplit/health").json()
+        assert answered.status_code == 200  # the call is forwarded all the same
+        assert held == {
+            "status": "degraded", "recording": True, "events_held": 1,
+            "recording_errors": errors + 1,
+        }  # fmt: skip
+        # room again, and no call follows: the spool's background thread writes the event
+        deadline = time.monotonic() + 10
+        while httpx.get(proxy.base_url + "/costsplit/health").json()["events_held"]:
+            assert time.monotonic() < deadline, "the held event was not written"
+            time.sleep(0.05)
+        [event] = events(settings)
+    assert (event["outcome"], event["input_tokens"]) == (
+        "ok",
+        answered.json()["usage"]["prompt_tokens"],
+    )

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import resource
-import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+from full_disk import file_size_limit
 
 from costsplit.config import load_settings
 from costsplit.errors import SpoolError
@@ -200,18 +197,6 @@ def test_memory_for_held_events_is_bounded(tmp_path):
         assert spool.held == 2
     spool.close()
     assert b"".join(path.read_bytes() for path in segments(tmp_path)) == line * 3
-
-
-@contextlib.contextmanager
-def file_size_limit(limit: int) -> Iterator[None]:
-    before = resource.getrlimit(resource.RLIMIT_FSIZE)
-    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail with EFBIG, do not die
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, before[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, before)
-        signal.signal(signal.SIGXFSZ, handler)
 
 
 def refuse(errno_: int, message: str):

@@ -21,6 +21,11 @@ and a ``network_error`` event.
 
 Upstream connections are reused (keep-alive) with no pool limit, so each call in flight has
 one; the shared session keeps no cookies, so no caller gets another's.
+
+``GET /costsplit/health`` is answered by the proxy itself (never forwarded, never recorded):
+200 and a JSON report of this process's recording — ``status`` ``ok``, or ``degraded`` while
+events are held in memory for want of disk space (``events_held``), and the recording errors
+counted since start. It says 200 either way: calls are forwarded whatever befalls recording.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import asyncio
 from collections.abc import Iterable
 
 import aiohttp
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -71,6 +77,7 @@ RESPONSE_DROP = frozenset(
     }
 )
 STREAM_RESPONSE_DROP = RESPONSE_DROP | {"content-length"}
+HEALTH_PATH = "/costsplit/health"  # answered here: no Model Studio path starts so
 
 
 class Forwarder:
@@ -113,6 +120,8 @@ class Forwarder:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.raw_path.partition("?")[0]
+        if path == HEALTH_PATH:
+            return self._health(request.method)
         header_bytes = sum(len(k) + len(v) + 4 for k, v in request.raw_headers)
         if header_bytes > self.max_header_bytes:
             return _error(
@@ -232,6 +241,15 @@ class Forwarder:
             return response
         await response.write_eof()
         return response
+
+    def _health(self, method: str) -> web.Response:
+        if method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={"Allow": "GET, HEAD"})
+        report = self.recording.health()
+        status = "degraded" if report["events_held"] else "ok"
+        return web.Response(
+            body=orjson.dumps({"status": status, **report}), content_type="application/json"
+        )
 
     def _too_large(self, style: str, declared: int | None) -> web.Response:
         size = f"{declared} bytes" if declared is not None else "larger than that"

@@ -20,7 +20,8 @@ from collections.abc import Iterable
 
 from costsplit.config import Settings
 from costsplit.proxy.routes import Target
-from costsplit.record import Exchange, Recorder
+from costsplit.record import Exchange, Recorder, recording_errors
+from costsplit.spool import open_spool
 
 
 class ProxyRecording:
@@ -58,6 +59,14 @@ class ProxyRecording:
             if default is not None:
                 recorder = self.recorder(target, default)
         return recorder.begin(method, target.url, headers, body)
+
+    def health(self) -> dict[str, object]:
+        """This process's recording: events held for want of disk space, errors so far."""
+        return {
+            "recording": True,
+            "events_held": open_spool(self.settings).held,
+            "recording_errors": recording_errors(),
+        }
 
     def _key_scenario(self, recorder: Recorder, headers: Iterable[tuple[str, str]]) -> str | None:
         # The recorder knows each key's fingerprint already (hashed once per Authorization value).
@@ -101,3 +110,6 @@ class Passthrough:
 
     def begin(self, method: str, target: Target, headers: object, body: bytes) -> _Unrecorded:
         return self._exchange
+
+    def health(self) -> dict[str, object]:
+        return {"recording": False, "events_held": 0, "recording_errors": 0}
