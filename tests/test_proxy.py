@@ -600,6 +600,76 @@ def test_no_record_forwards_the_same_and_records_nothing(simulator, costsplit_ho
     assert events(settings) == []
 
 
+# -- events before answers ------------------------------------------------------------------
+
+
+def test_each_event_is_written_before_its_answer_leaves(simulator, costsplit_home):
+    # Calls answered in the same turn of the proxy's loop are ended in a row: still, no
+    # caller gets its answer before its event is in the spool (a kill then loses nothing).
+    settings = proxy_settings(costsplit_home, simulator.base_url)
+
+    async def call(client: httpx.AsyncClient, url: str) -> bool:
+        answer = await client.post(url + CHAT, json=BODY, headers=AUTH)
+        spooled = {event["request_id"] for event in events(settings)}
+        return answer.status_code == 200 and answer.headers["x-request-id"] in spooled
+
+    async def calls(url: str) -> list[bool]:
+        async with httpx.AsyncClient() as client:
+            return await asyncio.gather(*(call(client, url) for _ in range(24)))
+
+    with run_in_thread(settings) as proxy:
+        found = asyncio.run(calls(proxy.base_url))
+    assert found == [True] * 24
+    assert len(events(settings)) == 24
+
+
+def ended_in_a_row(settings, *, cancel: int | None = None, batch: bool = True) -> list[object]:
+    """Three exchanges with their answers read, ended by ``end_soon`` in one turn of the loop:
+    for each, whether it was ended when ``end_soon`` returned (or the exception it raised)."""
+    from costsplit.proxy.recording import ProxyRecording
+
+    recording = ProxyRecording(settings)
+    if not batch:  # as if the loop ran the calls before the batch it was asked to run first
+        recording._end_all = lambda: None
+    target = RouteTable.from_settings(settings.proxy).resolve(CHAT, "", None)
+    answer = orjson.dumps({"model": "qwen-plus", "usage": {"prompt_tokens": 3}})
+
+    async def end(exchange) -> bool:
+        await recording.end_soon(exchange)
+        return exchange.done
+
+    async def main() -> list[object]:
+        tasks = []
+        for _ in range(3):
+            exchange = recording.begin("POST", target, [], orjson.dumps(BODY))
+            exchange.response(200, [("content-type", "application/json")])
+            exchange.chunk(answer)
+            tasks.append(asyncio.create_task(end(exchange)))
+        await asyncio.sleep(0)  # every call is now waiting for its turn
+        if cancel is not None:
+            tasks[cancel].cancel()  # the caller went away; the answer was read whole
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        return [r if isinstance(r, bool) else type(r).__name__ for r in results]
+
+    return asyncio.run(main())
+
+
+def test_end_soon_returns_once_the_event_is_written(costsplit_home):
+    settings = proxy_settings(costsplit_home, "http://127.0.0.1:1")
+    assert ended_in_a_row(settings) == [True, True, True]
+    assert ended_in_a_row(settings, batch=False) == [True, True, True]  # each ends its own
+    assert [(e["outcome"], e["input_tokens"]) for e in events(settings)] == [("ok", 3)] * 6
+
+
+def test_a_call_cancelled_while_its_exchange_waits_to_end_is_recorded_once_as_ok(
+    costsplit_home,
+):
+    settings = proxy_settings(costsplit_home, "http://127.0.0.1:1")
+    assert ended_in_a_row(settings, cancel=1) == [True, "CancelledError", True]
+    assert ended_in_a_row(settings, cancel=1, batch=False) == [True, "CancelledError", True]
+    assert [(e["outcome"], e["input_tokens"]) for e in events(settings)] == [("ok", 3)] * 6
+
+
 # -- health ----------------------------------------------------------------------------------
 
 

@@ -202,7 +202,8 @@ class Forwarder:
                 exchange.error(exc)
                 return _error(502, target.api_style, "upstream_error", _upstream_said(target, exc))
             exchange.chunk(data)
-            exchange.end()
+            if self.recording.records:
+                await self.recording.end_soon(exchange)  # in a row with others: warm
             response.body = data
             return response
 

@@ -10,12 +10,19 @@ A per-key default scenario (``[proxy] key_scenarios``: key fingerprint → scena
 default scenario of the recorder the call goes through (one per route and scenario), so an
 ``X-Costsplit-Scenario`` header still wins.
 
+A non-streamed call's exchange is ended with ``end_soon``: together with the other calls
+whose answers were read in the same turn of the event loop, one after another, before any of
+their answers goes out. Ended between other calls' network work, the recording code ran with
+cold caches; ended in a row, the proxy spent about 15-25 µs less CPU per call under load
+(``benchmarks/bench_proxy.py``), at the price of one turn of the loop per call.
+
 ``Passthrough`` records nothing and rewrites nothing: ``costsplit proxy --no-record``, which
 exists to measure what recording costs.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from costsplit.config import Settings
@@ -34,6 +41,7 @@ class ProxyRecording:
         self.key_scenarios = dict(settings.proxy.key_scenarios)
         self._recorders: dict[tuple[str, str | None], Recorder] = {}
         self._routes: dict[str, Recorder] = {}  # route name -> its recorder without a default
+        self._ending: list[Exchange] = []  # exchanges to end in this turn of the event loop
 
     def recorder(self, target: Target, scenario: str | None = None) -> Recorder:
         """The route's recorder; with a per-key default ``scenario``, one per scenario (the
@@ -59,6 +67,23 @@ class ProxyRecording:
             if default is not None:
                 recorder = self.recorder(target, default)
         return recorder.begin(method, target.url, headers, body)
+
+    async def end_soon(self, exchange: Exchange) -> None:
+        """End ``exchange`` (its event written) in a row with the other exchanges ended in this
+        turn of the event loop; return once it is ended, before the caller's answer goes out.
+        """
+        if not self._ending:
+            asyncio.get_running_loop().call_soon(self._end_all)
+        self._ending.append(exchange)
+        try:
+            await asyncio.sleep(0)  # _end_all runs first: it was scheduled before this resumes
+        finally:
+            exchange.end()  # nothing more once _end_all ended it; ends it if cancelled first
+
+    def _end_all(self) -> None:
+        ending, self._ending = self._ending, []
+        for exchange in ending:
+            exchange.end()
 
     def health(self) -> dict[str, object]:
         """This process's recording: events held for want of disk space, errors so far."""
