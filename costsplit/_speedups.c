@@ -19,6 +19,12 @@
  * frozenset `names` or starts with `prefix`, decoded as ASCII (a UnicodeDecodeError otherwise,
  * which sends the caller to httpx's own decoding).
  *
+ * kept_chunks(source, keep, exchange, limit) iterates over at most `limit` chunks of a response
+ * body: each raw chunk goes to keep(chunk) as it passes, and the caller gets it as it is, or,
+ * when `exchange` is not None, as filter_chunk(exchange, chunk) gives it (empty results left
+ * out). One C iterator instead of five itertools layers per chunk; costsplit.transport holds
+ * the same composed of itertools, where this was not built.
+ *
  * event_line(event) returns what costsplit.events.UsageEvent.to_json_line returns -- the same
  * bytes orjson writes for the version-2 line -- or None when a value is of a type it does not
  * write (a float, a subclass, a nested container, an integer beyond 64 bits, a string that is
@@ -62,6 +68,45 @@ exchange_is_clean(PyObject *exchange)
     return clean;
 }
 
+/* The usual chunk -- one line and its blank line, holding the member with a comma after it --
+ * without its first "usage":null member and that comma; NULL (no error set) for any other. The
+ * exchange must be clean (exchange_is_clean): this reads nothing of it. */
+static PyObject *
+cut_usage_null(PyObject *data)
+{
+    if (!PyBytes_CheckExact(data)) {
+        return NULL;
+    }
+    const char *bytes = PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    const char *newline = size >= 2 ? memchr(bytes, '\n', size) : NULL;
+    if (newline == NULL || newline != bytes + size - 2) {
+        return NULL;
+    }
+    const char *member = memmem(bytes, size, USAGE_NULL, USAGE_NULL_LEN);
+    const char *after = member == NULL ? NULL : member + USAGE_NULL_LEN;
+    if (after == NULL || after >= bytes + size || *after != ',') {
+        return NULL;
+    }
+    Py_ssize_t start = member - bytes, cut = USAGE_NULL_LEN + 1;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size - cut);
+    if (out == NULL) {
+        PyErr_Clear(); /* out of memory: the Python path decides what to do */
+        return NULL;
+    }
+    char *to = PyBytes_AS_STRING(out);
+    memcpy(to, bytes, start);
+    memcpy(to + start, bytes + start + cut, size - start - cut);
+    return out;
+}
+
+static PyObject *
+filter_one(PyObject *exchange, PyObject *data)
+{
+    PyObject *out = exchange_is_clean(exchange) ? cut_usage_null(data) : NULL;
+    return out != NULL ? out : PyObject_CallMethodOneArg(exchange, filter_name, data);
+}
+
 static PyObject *
 filter_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -69,29 +114,135 @@ filter_chunk(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "filter_chunk(exchange, data) takes two arguments");
         return NULL;
     }
-    PyObject *exchange = args[0], *data = args[1];
-    if (PyBytes_CheckExact(data) && exchange_is_clean(exchange)) {
-        const char *bytes = PyBytes_AS_STRING(data);
-        Py_ssize_t size = PyBytes_GET_SIZE(data);
-        const char *newline = size >= 2 ? memchr(bytes, '\n', size) : NULL;
-        if (newline != NULL && newline == bytes + size - 2) {
-            const char *member = memmem(bytes, size, USAGE_NULL, USAGE_NULL_LEN);
-            const char *after = member == NULL ? NULL : member + USAGE_NULL_LEN;
-            if (after != NULL && after < bytes + size && *after == ',') {
-                Py_ssize_t start = member - bytes, cut = USAGE_NULL_LEN + 1;
-                PyObject *out = PyBytes_FromStringAndSize(NULL, size - cut);
-                if (out != NULL) {
-                    char *to = PyBytes_AS_STRING(out);
-                    memcpy(to, bytes, start);
-                    memcpy(to + start, bytes + start + cut, size - start - cut);
-                    return out;
-                }
-                PyErr_Clear(); /* out of memory: the Python path decides what to do */
-            }
-        }
-    }
-    return PyObject_CallMethodOneArg(exchange, filter_name, data);
+    return filter_one(args[0], args[1]);
 }
+
+/* -- kept chunks ------------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *source;   /* the body's chunks (an iterator) */
+    PyObject *keep;     /* called with each raw chunk as it passes (the exchange keeps it) */
+    PyObject *exchange; /* filters what the caller gets; NULL: every chunk passes as it is */
+    Py_ssize_t left;    /* chunks still to take from source */
+    int clean;          /* 1: the exchange is clean (only Exchange.filter changes that) */
+} KeptChunks;
+
+static PyTypeObject KeptChunksType;
+
+static PyObject *
+kept_chunks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *source, *keep, *exchange;
+    Py_ssize_t limit;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "kept_chunks takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOn:kept_chunks", &source, &keep, &exchange, &limit)) {
+        return NULL;
+    }
+    PyObject *iterator = PyObject_GetIter(source);
+    if (iterator == NULL) {
+        return NULL;
+    }
+    KeptChunks *self = PyObject_GC_New(KeptChunks, type);
+    if (self == NULL) {
+        Py_DECREF(iterator);
+        return NULL;
+    }
+    self->source = iterator;
+    self->keep = Py_NewRef(keep);
+    self->exchange = exchange == Py_None ? NULL : Py_NewRef(exchange);
+    self->left = limit;
+    self->clean = -1; /* not asked yet */
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static int
+kept_chunks_traverse(KeptChunks *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->source);
+    Py_VISIT(self->keep);
+    Py_VISIT(self->exchange);
+    return 0;
+}
+
+static int
+kept_chunks_clear(KeptChunks *self)
+{
+    Py_CLEAR(self->source);
+    Py_CLEAR(self->keep);
+    Py_CLEAR(self->exchange);
+    return 0;
+}
+
+static void
+kept_chunks_dealloc(KeptChunks *self)
+{
+    PyObject_GC_UnTrack(self);
+    kept_chunks_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+kept_chunks_next(KeptChunks *self)
+{
+    while (self->left > 0 && self->source != NULL) {
+        PyObject *chunk = PyIter_Next(self->source);
+        if (chunk == NULL) {
+            return NULL; /* the body ended, or its error goes on to the caller */
+        }
+        self->left--;
+        PyObject *kept = PyObject_CallOneArg(self->keep, chunk);
+        if (kept == NULL) {
+            Py_DECREF(chunk);
+            return NULL;
+        }
+        Py_DECREF(kept);
+        if (self->exchange == NULL) {
+            return chunk;
+        }
+        if (self->clean < 0) {
+            self->clean = exchange_is_clean(self->exchange);
+        }
+        PyObject *out = self->clean ? cut_usage_null(chunk) : NULL;
+        if (out == NULL) {
+            out = PyObject_CallMethodOneArg(self->exchange, filter_name, chunk);
+            self->clean = -1; /* Exchange.filter may carry a line over, or skip a blank one */
+        }
+        Py_DECREF(chunk);
+        if (out == NULL) {
+            return NULL;
+        }
+        int nonempty = PyObject_IsTrue(out);
+        if (nonempty != 0) {
+            if (nonempty < 0) {
+                Py_CLEAR(out);
+            }
+            return out;
+        }
+        Py_DECREF(out); /* all of it was the usage costsplit asked for: nothing to pass on */
+    }
+    return NULL;
+}
+
+static PyTypeObject KeptChunksType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "costsplit._speedups.kept_chunks",
+    .tp_basicsize = sizeof(KeptChunks),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "kept_chunks(source, keep, exchange, limit): at most limit chunks of source, "
+              "each given to keep as it passes, filtered by exchange unless it is None "
+              "(empty results left out).",
+    .tp_new = kept_chunks_new,
+    .tp_traverse = (traverseproc)kept_chunks_traverse,
+    .tp_clear = (inquiry)kept_chunks_clear,
+    .tp_dealloc = (destructor)kept_chunks_dealloc,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)kept_chunks_next,
+};
 
 static uint64_t id_state[4]; /* xoshiro256**, seeded by seed_event_ids */
 static int id_seeded = 0;
@@ -573,5 +724,16 @@ PyInit__speedups(void)
     if (carry_name == NULL || skip_blank_name == NULL || filter_name == NULL) {
         return NULL;
     }
-    return PyModule_Create(&module);
+    if (PyType_Ready(&KeptChunksType) < 0) {
+        return NULL;
+    }
+    PyObject *created = PyModule_Create(&module);
+    if (created == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(created, "kept_chunks", (PyObject *)&KeptChunksType) < 0) {
+        Py_DECREF(created);
+        return NULL;
+    }
+    return created;
 }

@@ -206,6 +206,27 @@ def _read_response(lib: ModuleType, response: Any, exchange: Exchange) -> Any:
 BATCH_CHUNKS = 256
 
 
+def _kept_chunks(
+    source: Iterator[bytes],
+    keep: Callable[[bytes], None],
+    exchange: Exchange | None,
+    limit: int,
+) -> Iterator[bytes]:
+    """At most ``limit`` chunks of ``source``, each given to ``keep`` as it passes; filtered by
+    ``exchange`` (empty results left out) unless it is None. Composed of itertools, so that no
+    Python code runs per chunk; one C iterator where ``costsplit/_speedups.c`` was built."""
+    batch = itertools.filterfalse(keep, itertools.islice(source, limit))
+    if exchange is None:
+        return batch
+    return filter(None, map(filter_chunk, itertools.repeat(exchange), batch))
+
+
+try:
+    from costsplit._speedups import kept_chunks
+except ImportError:  # pragma: no cover - the same in Python
+    kept_chunks = _kept_chunks
+
+
 class SyncRecordingBody:
     """A response body stream that keeps each chunk for the exchange as it passes.
 
@@ -238,11 +259,9 @@ class SyncRecordingBody:
                 break
             while True:
                 before = exchange.kept()
-                batch = itertools.filterfalse(keep, itertools.islice(chunks, BATCH_CHUNKS))
-                if exchange.filtering:
-                    yield filter(None, map(filter_chunk, itertools.repeat(exchange), batch))
-                else:
-                    yield batch
+                yield kept_chunks(
+                    chunks, keep, exchange if exchange.filtering else None, BATCH_CHUNKS
+                )
                 if exchange.kept() - before < BATCH_CHUNKS:
                     break
                 exchange.trim()

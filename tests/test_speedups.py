@@ -212,3 +212,48 @@ def test_the_package_picks_headers_in_c_and_refuses_what_is_not_httpx_s_list():
         speedups.pick_headers([(b"a", b"b")], transport._REQUEST_NAMES, transport._OURS)
     with pytest.raises(TypeError):
         speedups.pick_headers((), transport._REQUEST_NAMES, transport._OURS)
+
+
+@given(
+    events=st.lists(
+        st.one_of(
+            st.sampled_from(EVENTS),
+            st.lists(st.sampled_from(PIECES), max_size=10).map(b"".join),
+            st.binary(max_size=40),
+        ),
+        min_size=0,
+        max_size=12,
+    ),
+    cuts=st.lists(st.integers(0, 600), max_size=8),
+    limit=st.integers(0, 14),
+    filtering=st.booleans(),
+)
+def test_compiled_and_python_kept_chunks_agree(events, cuts, limit, filtering):
+    data = b"".join(events)
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    chunks = events if not cuts else [data[a:b] for a, b in itertools.pairwise(bounds)]
+    results = []
+    for kept_chunks in (speedups.kept_chunks, transport._kept_chunks):
+        exchange, kept = filtering_exchange(), []
+        source = iter(chunks)
+        passed = list(kept_chunks(source, kept.append, exchange if filtering else None, limit))
+        state = (exchange.carry, exchange.skip_blank, exchange.filter_usage)
+        results.append((passed, kept, state, list(source)))
+    assert results[0] == results[1]
+
+
+def test_the_package_keeps_chunks_in_c_and_passes_on_failures():
+    assert transport.kept_chunks is speedups.kept_chunks
+
+    def broken():
+        yield b"data: 1\n\n"
+        raise ConnectionError("cut")
+
+    kept = []
+    chunks = speedups.kept_chunks(broken(), kept.append, None, 5)
+    assert next(chunks) == b"data: 1\n\n"
+    with pytest.raises(ConnectionError, match="cut"):
+        next(chunks)
+    assert kept == [b"data: 1\n\n"]
+    with pytest.raises(TypeError):
+        speedups.kept_chunks([], kept.append, None, 1, extra=True)
