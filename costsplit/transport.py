@@ -254,7 +254,7 @@ class SyncRecordingBody:
                 exchange.first_chunk()
                 keep(first)
                 if exchange.filtering:
-                    first = exchange.filter(first)
+                    first = filter_chunk(exchange, first)
                 yield (first,) if first else ()
                 break
             while True:
