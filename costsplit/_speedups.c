@@ -125,7 +125,8 @@ typedef struct {
     PyObject *keep;     /* called with each raw chunk as it passes (the exchange keeps it) */
     PyObject *exchange; /* filters what the caller gets; NULL: every chunk passes as it is */
     Py_ssize_t left;    /* chunks still to take from source */
-    int clean;          /* 1: the exchange is clean (only Exchange.filter changes that) */
+    int clean;          /* 1 or 0: whether the exchange is clean; -1: to ask (after a chunk
+                         * went to Exchange.filter, the one thing that changes it) */
 } KeptChunks;
 
 static PyTypeObject KeptChunksType;
