@@ -13,8 +13,9 @@ default scenario of the recorder the call goes through (one per route and scenar
 A non-streamed call's exchange is ended with ``end_soon``: together with the other calls
 whose answers were read in the same turn of the event loop, one after another, before any of
 their answers goes out. Ended between other calls' network work, the recording code ran with
-cold caches; ended in a row, the proxy spent about 15-25 µs less CPU per call under load
-(``benchmarks/bench_proxy.py``), at the price of one turn of the loop per call.
+cold caches; ended in a row, the proxy spent 1-11% less CPU per call under load in alternating
+runs against ending each at once (``benchmarks/bench_proxy.py``; the host's noise is as
+large), at the price of one turn of the loop per call.
 
 ``Passthrough`` records nothing and rewrites nothing: ``costsplit proxy --no-record``, which
 exists to measure what recording costs.
