@@ -77,24 +77,31 @@ def test_any_other_chunk_is_left_to_the_exchange():
 
 
 PIECES = [b'"usage":null', b",", b"x", b'"', b"{}", b"\n", b"\r\n", b"data: ", b"\n\n", b"\0"]
+# A stream's events: real ones, ones made of the pieces the filter looks for, and any bytes.
+STREAM_PIECES = st.one_of(
+    st.sampled_from(EVENTS),
+    st.lists(st.sampled_from(PIECES), max_size=10).map(b"".join),
+    st.binary(max_size=40),
+)
+
+
+def cut_into_chunks(events: list[bytes], cuts: list[int]) -> list[bytes]:
+    """The events as they arrive: as they are without cuts, else their bytes cut at ``cuts``."""
+    data = b"".join(events)
+    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    return events if not cuts else [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 @given(
     events=st.lists(
-        st.one_of(
-            st.sampled_from(EVENTS),
-            st.lists(st.sampled_from(PIECES), max_size=10).map(b"".join),
-            st.binary(max_size=40),
-        ),
+        STREAM_PIECES,
         min_size=1,
         max_size=10,
     ),
     cuts=st.lists(st.integers(0, 600), max_size=8),
 )
 def test_compiled_and_python_filters_agree_on_any_bytes_however_cut(events, cuts):
-    data = b"".join(events)
-    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    chunks = events if not cuts else [data[a:b] for a, b in itertools.pairwise(bounds)]
+    chunks = cut_into_chunks(events, cuts)
     compiled, python = filtering_exchange(), filtering_exchange()
     for chunk in chunks:
         assert speedups.filter_chunk(compiled, chunk) == Exchange.filter(python, chunk)
@@ -216,11 +223,7 @@ def test_the_package_picks_headers_in_c_and_refuses_what_is_not_httpx_s_list():
 
 @given(
     events=st.lists(
-        st.one_of(
-            st.sampled_from(EVENTS),
-            st.lists(st.sampled_from(PIECES), max_size=10).map(b"".join),
-            st.binary(max_size=40),
-        ),
+        STREAM_PIECES,
         min_size=0,
         max_size=12,
     ),
@@ -229,9 +232,7 @@ def test_the_package_picks_headers_in_c_and_refuses_what_is_not_httpx_s_list():
     filtering=st.booleans(),
 )
 def test_compiled_and_python_kept_chunks_agree(events, cuts, limit, filtering):
-    data = b"".join(events)
-    bounds = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
-    chunks = events if not cuts else [data[a:b] for a, b in itertools.pairwise(bounds)]
+    chunks = cut_into_chunks(events, cuts)
     results = []
     for kept_chunks in (speedups.kept_chunks, transport._kept_chunks):
         exchange, kept = filtering_exchange(), []
