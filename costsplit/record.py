@@ -84,6 +84,7 @@ from costsplit.usage import (
     StreamText,
     Usage,
     estimate_tokens,
+    facts_of,
     load_json,
     may_be_object,
     parse_body,
@@ -123,6 +124,7 @@ RESPONSE_HEADERS_READ = frozenset(
     {"content-type", "content-encoding", "x-request-id", "x-dashscope-request-id"}
 )
 USAGE_NULL = b'"usage":null'  # what include_usage adds to every other compatible chunk
+DONE_EVENTS = (b"data: [DONE]\n\n", b"data:[DONE]\n\n")  # how a compatible stream ends
 INCLUDE_USAGE_MEMBER = b'"stream_options":{"include_usage":true}'  # what costsplit asks for
 HEADER_PREFIX = "x-costsplit-"
 BODY_HEADERS = ("content-length", "accept-encoding")  # set anew when include_usage is injected
@@ -403,6 +405,8 @@ class Exchange:
     filter_usage = False  # include_usage was injected: remove what the caller did not ask for
     carry = b""
     skip_blank = False
+    # (the chunk, its parsed payload) when a chunk was the usage-only event and nothing else
+    usage_only: tuple[bytes, dict[str, Any]] | None = None
 
     def __init__(
         self,
@@ -631,15 +635,24 @@ class Exchange:
         event and without the ``"usage":null`` member the injection adds to every other one
         (the first such member of each line, with its comma)."""
         try:
-            # The usual chunk is one whole event, one line with its member: a memchr and one
+            # The usual chunk is one whole event, one line and a blank one: a memchr and one
             # search (the main cost) settle it. Anything else — a line cut by the chunk
-            # boundary, several lines, no member (maybe the usage-only event) — goes line by
-            # line, which gives the same bytes for the usual chunk.
-            if self.carry or self.skip_blank or data.find(b"\n") != len(data) - 2:
+            # boundary, several lines — goes line by line, which gives the same bytes.
+            if (
+                self.carry
+                or self.skip_blank
+                or data.find(b"\n") != len(data) - 2
+                or data[-1:] != b"\n"
+            ):
                 return self._filter_lines(data)
             start = data.find(USAGE_NULL)
+            if start < 0:  # passes as it is, unless it is the usage-only event
+                if data.startswith(b"data:") and (payload := _usage_only(data[5:])) is not None:
+                    self.usage_only = (data, payload)  # read again at the end: _stream_facts
+                    return b""
+                return data
             end = start + len(USAGE_NULL)
-            if start >= 0 and data[end : end + 1] == b",":  # as Model Studio writes the member
+            if data[end : end + 1] == b",":  # as Model Studio writes the member
                 return data[:start] + data[end + 1 :]
             return self._filter_lines(data)
         except Exception as exc:
@@ -716,7 +729,7 @@ class Exchange:
             start = line.find(USAGE_NULL)
             if start >= 0:
                 kept.append(_without_usage_null(line, start))
-            elif line.startswith(b"data:") and _is_usage_only(line[5:]):
+            elif line.startswith(b"data:") and _usage_only(line[5:]) is not None:
                 if i < len(lines) and lines[i].strip() == b"":
                     i += 1
                 elif i >= len(lines):
@@ -811,6 +824,9 @@ class Exchange:
         than parsing its end."""
         chunks = self.chunks
         if len(chunks) > TAIL_CHUNKS and chunks[-TAIL_CHUNKS - 1].endswith(b"\n\n"):
+            facts = self._usual_end_facts()
+            if facts is not None:
+                return facts
             # The tail starts at an event boundary, so its events parse as in the whole.
             facts = parse_stream_tail(
                 b"".join(chunks[-TAIL_CHUNKS:]),
@@ -823,6 +839,32 @@ class Exchange:
         return parse_stream(
             b"".join(chunks), self.api_style, choices=self.choices, endpoint=self.endpoint
         )
+
+    def _usual_end_facts(self) -> BodyFacts | None:
+        """The facts of a compatible stream that ends as Model Studio ends one — one chunk
+        holding the usage event, one holding ``[DONE]``, each a whole event — read from that one
+        event (parsed once: the filter keeps what it parsed); what ``parse_stream_tail`` finds
+        there. None for any other end. The caller checked that ``chunks[-3]`` ends an event."""
+        chunks = self.chunks
+        if self.api_style != "openai-compatible" or chunks[-1] not in DONE_EVENTS:
+            return None
+        last = chunks[-2]
+        if not (
+            last.startswith(b"data:")
+            and last.find(b"\n") == len(last) - 2
+            and last.endswith(b"\n\n")
+            and chunks[-3].endswith(b"\n\n")
+        ):
+            return None
+        kept = self.usage_only
+        payload = kept[1] if kept is not None and kept[0] is last else load_json(last[5:])
+        if not isinstance(payload, dict):
+            return None
+        facts = facts_of(payload, self.endpoint)
+        if facts.usage is None or facts.error_code:
+            return None
+        facts.done = True
+        return facts
 
     def _header_request_id(self) -> str:
         return request_id_from_headers(self.response_headers)
@@ -893,14 +935,15 @@ def _without_usage_null(line: bytes, start: int) -> bytes:
     return line
 
 
-def _is_usage_only(payload: bytes) -> bool:
-    """Whether an SSE data payload is the usage-only chunk (``choices: []`` and a usage)."""
+def _usage_only(payload: bytes) -> dict[str, Any] | None:
+    """The parsed SSE data payload when it is the usage-only chunk (``choices: []`` and a
+    usage), else None."""
     if not may_be_object(payload):  # ``[DONE]``
-        return False
+        return None
     data = load_json(payload)
-    return (
-        isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict)
-    )
+    if isinstance(data, dict) and data.get("choices") == [] and isinstance(data.get("usage"), dict):
+        return data
+    return None
 
 
 class _PassThrough(Exchange):

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from costsplit import record
 from costsplit.config import Settings, Workspace
 from costsplit.errors import ModelNotGranted
 from costsplit.events import UsageEvent, fingerprint_key
@@ -383,6 +384,66 @@ def test_usage_null_members_go_however_commas_sit(events):
     ex = rec.begin("POST", CHAT, headers(), b'{"model":"qwen-flash","stream":true}')
     ex.response(200, [("content-type", "text/event-stream")])
     assert b"".join(ex.chunk(e) for e in events) + ex.end() == without_usage_null(b"".join(events))
+
+
+USAGE_EVENT = next(e for e in STREAM_EVENTS if b'"choices":[]' in e)
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled-where-built", "python"])
+def test_a_chunk_ending_one_byte_into_the_next_line_carries_that_byte(compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(record, "filter_chunk", record.Exchange.filter)
+    data = b"".join(STREAM_EVENTS)
+    at = data.index(USAGE_EVENT)
+    # "...}\n" | "\nd" | "ata: {usage-only}\n\n..." : the "d" starts the usage-only line
+    chunks = [data[: at - 1], data[at - 1 : at + 1], data[at + 1 :]]
+    rec, _ = recorder()
+    ex = rec.begin("POST", CHAT, headers(), b'{"model":"qwen-flash","stream":true}')
+    ex.response(200, [("content-type", "text/event-stream")])
+    out = b"".join(ex.chunk(c) for c in chunks) + ex.end()
+    assert out == without_usage_null(data.replace(USAGE_EVENT, b""))
+
+
+# How a stream may end after its content: Model Studio's usual end first, then ends that only
+# a whole parse reads right (no [DONE], an error, a usage unreadable or missing, another event
+# or a field line before or after the usage).
+STREAM_ENDS = [
+    [USAGE_EVENT, b"data: [DONE]\n\n"],
+    [USAGE_EVENT.replace(b"data: ", b"data:"), b"data:[DONE]\n\n"],
+    [USAGE_EVENT],
+    [USAGE_EVENT, b"data: [DONE]\n"],
+    [
+        USAGE_EVENT.replace(b'"usage":{', b'"error":{"code":"Throttling"},"usage":{'),
+        b"data: [DONE]\n\n",
+    ],
+    [USAGE_EVENT.replace(b'"prompt_tokens":58', b'"prompt_tokens":"58"'), b"data: [DONE]\n\n"],
+    [USAGE_EVENT.replace(b'"usage":{', b'"usage_":{'), b"data: [DONE]\n\n"],
+    [b"event: error\n", USAGE_EVENT, b"data: [DONE]\n\n"],
+    [USAGE_EVENT, b": ping\n\n", b"data: [DONE]\n\n"],
+    [USAGE_EVENT, STREAM_EVENTS[1]],
+    [USAGE_EVENT.replace(b"\n\n", b"\r\n\r\n"), b"data: [DONE]\n\n"],
+    [b"data: [DONE]\n\n"],
+]
+
+
+@given(end=st.sampled_from(STREAM_ENDS), asked=st.booleans(), content=st.integers(1, 6))
+def test_a_stream_gives_the_same_event_read_chunk_by_chunk_or_whole(end, asked, content):
+    # Chunk by chunk, the usual end is read from its last event alone; whole, by the full parse.
+    chunks = [e for e in STREAM_EVENTS if e != USAGE_EVENT][:content] + end
+    options = b',"stream_options":{"include_usage":true}' if asked else b""
+    events = []
+    for pieces in (chunks, [b"".join(chunks)]):
+        rec, sink = recorder()
+        ex = rec.begin(
+            "POST", CHAT, headers(), b'{"model":"qwen-flash","stream":true' + options + b"}"
+        )
+        ex.response(200, [("content-type", "text/event-stream")])
+        for piece in pieces:
+            ex.chunk(piece)
+        ex.end()
+        [event] = sink
+        events.append(stable(event))
+    assert events[0] == events[1]
 
 
 def test_caller_asked_for_usage_gets_it():
