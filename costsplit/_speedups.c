@@ -3,11 +3,12 @@
  * results).
  *
  * filter_chunk(exchange, data) returns what costsplit.record.Exchange.filter(data) returns. It
- * settles the usual chunk of a compatible-mode stream whose include_usage costsplit injected --
+ * settles the usual chunks of a compatible-mode stream whose include_usage costsplit injected --
  * one whole event, one line ending in a blank line, nothing carried over from the chunk before
- * -- by cutting the line's first "usage":null member with its comma, as Exchange.filter does
- * in Python. Every other chunk goes to exchange.filter, so both give the same bytes and leave
- * the exchange in the same state.
+ * -- as Exchange.filter does in Python: it cuts the line's first "usage":null member with its
+ * comma, and passes a line without the member that cannot be the usage-only event (not a data
+ * line holding an object: [DONE]) as it is. Every other chunk goes to exchange.filter, so both
+ * give the same bytes and leave the exchange in the same state.
  *
  * new_event_id() is costsplit.events.new_event_id: a UUIDv7 string (RFC 9562 section 5.7), 48
  * bits of Unix milliseconds then 74 random bits from a per-process xoshiro256** generator that
@@ -38,11 +39,42 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 static const char USAGE_NULL[] = "\"usage\":null"; /* record.USAGE_NULL */
 #define USAGE_NULL_LEN (sizeof(USAGE_NULL) - 1)
 
 static PyObject *carry_name, *skip_blank_name, *filter_name;
+
+/* The first "usage":null in the `size` bytes at `bytes`, or NULL. With SSE2 (every x86-64), 16
+ * places at a time are tested for the member's first and last bytes together, and only those
+ * holding both are compared whole: about four times as fast as glibc's memmem on a chunk of
+ * Model Studio's. */
+static const char *
+find_usage_null(const char *bytes, Py_ssize_t size)
+{
+    Py_ssize_t at = 0;
+#if defined(__SSE2__)
+    const __m128i first = _mm_set1_epi8(USAGE_NULL[0]);
+    const __m128i last = _mm_set1_epi8(USAGE_NULL[USAGE_NULL_LEN - 1]);
+    for (; at + (Py_ssize_t)USAGE_NULL_LEN - 1 + 16 <= size; at += 16) {
+        __m128i starts = _mm_loadu_si128((const __m128i *)(bytes + at));
+        __m128i ends = _mm_loadu_si128((const __m128i *)(bytes + at + USAGE_NULL_LEN - 1));
+        unsigned both = (unsigned)_mm_movemask_epi8(
+            _mm_and_si128(_mm_cmpeq_epi8(starts, first), _mm_cmpeq_epi8(ends, last)));
+        while (both != 0) {
+            const char *place = bytes + at + __builtin_ctz(both);
+            if (memcmp(place + 1, USAGE_NULL + 1, USAGE_NULL_LEN - 2) == 0) {
+                return place;
+            }
+            both &= both - 1;
+        }
+    }
+#endif
+    return memmem(bytes + at, size - at, USAGE_NULL, USAGE_NULL_LEN);
+}
 
 static int
 exchange_is_clean(PyObject *exchange)
@@ -68,9 +100,21 @@ exchange_is_clean(PyObject *exchange)
     return clean;
 }
 
-/* The usual chunk -- one line and its blank line, holding the member with a comma after it --
- * without its first "usage":null member and that comma; NULL (no error set) for any other. The
- * exchange must be clean (exchange_is_clean): this reads nothing of it. */
+/* Whether the bytes from `p` to `end` may be a JSON object: the first that is not ASCII
+ * whitespace is '{' (costsplit.usage.may_be_object). */
+static int
+may_be_object(const char *p, const char *end)
+{
+    while (p < end && (*p == ' ' || (*p >= '\t' && *p <= '\r'))) { /* \t \n \v \f \r */
+        p++;
+    }
+    return p < end && *p == '{';
+}
+
+/* What the caller gets of the usual chunk -- one line and its blank line -- : without its first
+ * "usage":null member and the comma after it, or, without the member, the chunk itself unless
+ * it is a data line holding an object (maybe the usage-only event); NULL (no error set) for
+ * any other. The exchange must be clean (exchange_is_clean): this reads nothing of it. */
 static PyObject *
 cut_usage_null(PyObject *data)
 {
@@ -80,12 +124,18 @@ cut_usage_null(PyObject *data)
     const char *bytes = PyBytes_AS_STRING(data);
     Py_ssize_t size = PyBytes_GET_SIZE(data);
     const char *newline = size >= 2 ? memchr(bytes, '\n', size) : NULL;
-    if (newline == NULL || newline != bytes + size - 2) {
+    if (newline == NULL || newline != bytes + size - 2 || bytes[size - 1] != '\n') {
         return NULL;
     }
-    const char *member = memmem(bytes, size, USAGE_NULL, USAGE_NULL_LEN);
-    const char *after = member == NULL ? NULL : member + USAGE_NULL_LEN;
-    if (after == NULL || after >= bytes + size || *after != ',') {
+    const char *member = find_usage_null(bytes, size);
+    if (member == NULL) {
+        if (size >= 5 && memcmp(bytes, "data:", 5) == 0 && may_be_object(bytes + 5, bytes + size)) {
+            return NULL;
+        }
+        return Py_NewRef(data);
+    }
+    const char *after = member + USAGE_NULL_LEN;
+    if (after >= bytes + size || *after != ',') {
         return NULL;
     }
     Py_ssize_t start = member - bytes, cut = USAGE_NULL_LEN + 1;

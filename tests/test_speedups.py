@@ -55,16 +55,48 @@ def test_the_usual_chunk_loses_its_usage_null_member_in_c():
     assert out == chunk.replace(b'"usage":null,', b"", 1)
 
 
+def test_the_member_is_found_wherever_it_sits_in_the_line():
+    # The compiled search tests 16 places at a time: the member at each place, in lines of
+    # each length around those blocks, after look-alikes that share its first and last bytes.
+    member = b'"usage":null'
+    for size in range(len(member), 70):
+        for at in range(size - len(member) + 1):
+            line = b'"usage":nuxl' * (at // 12) + b"x" * (at % 12) + member + b","
+            line += b'"l' * ((size - len(line)) // 2)
+            chunk = b"data: " + line + b"\n\n"
+            first = chunk.find(member)
+            expected = chunk[:first] + chunk[first + len(member) + 1 :]
+            assert speedups.filter_chunk(Marked(), chunk) == expected
+
+
+class Marked:
+    """A clean exchange whose Python filter marks what it was given."""
+
+    carry, skip_blank = b"", False
+
+    def filter(self, data: bytes) -> bytes:
+        return b"python:" + data
+
+
+def test_a_whole_event_without_the_member_passes_in_c_unless_it_holds_an_object():
+    for event in (b"data: [DONE]\n\n", b"data:[DONE]\n\n", b": keep-alive\n\n", b"data: 7\n\n"):
+        assert speedups.filter_chunk(Marked(), event) is event
+
+
 def test_any_other_chunk_is_left_to_the_exchange():
-    class Marked:
-        carry, skip_blank = b"", False
-
-        def filter(self, data: bytes) -> bytes:
-            return b"python:" + data
-
     usual = EVENTS[1]
     assert speedups.filter_chunk(Marked(), usual) == usual.replace(b'"usage":null,', b"", 1)
-    for other in (usual[:-1], usual + usual, b"", b"\n", usual.replace(b",", b" ")):
+    usage_only = next(e for e in EVENTS if b'"choices":[]' in e)
+    for other in (
+        usual[:-1],
+        usual[:-1] + b"d",  # a line, then the first byte of the next
+        usual + usual,
+        b"",
+        b"\n",
+        usual.replace(b",", b" "),
+        usage_only,  # parsed in Python: the event's end reads it again
+        b"data:\t {}\n\n",
+    ):
         assert speedups.filter_chunk(Marked(), other) == b"python:" + other
     carrying = Marked()
     carrying.carry = b"data: {"
