@@ -172,18 +172,13 @@ def _edit_headers(headers: Any, exchange: Exchange) -> bool:
     return True
 
 
-def _already_read(lib: ModuleType, response: Any) -> bool:
-    """Whether an inner transport returned the body already read, told without raising: a
-    transport's usual answer is unread, and ``response.content`` raising for it cost every
-    recorded call an exception."""
-    state = getattr(response, "__dict__", None)
-    if state is not None:
-        return "_content" in state  # what httpx's ``content`` property tests
-    try:
-        response.content  # noqa: B018 - asked for its exception only
-    except lib.ResponseNotRead:
-        return False
-    return True
+def _already_read(response: Any) -> bool:
+    """Whether an inner transport returned the body already read: what httpx's ``content``
+    property tests, told without raising (``content`` raises for a transport's usual, unread
+    answer) and without reading ``response.__dict__`` (that turns the response's attributes
+    into a plain dict, and each later one, as httpx's ``iter_raw`` reads and sets per chunk,
+    is then looked up the slow way)."""
+    return hasattr(response, "_content")
 
 
 def _read_response(lib: ModuleType, response: Any, exchange: Exchange) -> Any:
@@ -349,7 +344,7 @@ class SyncRecordingMixin:
             exchange.error(exc)
             raise
         exchange.response(response.status_code, header_items(response.headers, _RESPONSE_NAMES))
-        if _already_read(lib, response):
+        if _already_read(response):
             return _read_response(lib, response, exchange)
         response.stream = self._body(response.stream, exchange)
         return response
@@ -388,7 +383,7 @@ class AsyncRecordingMixin:
             exchange.error(exc)
             raise
         exchange.response(response.status_code, header_items(response.headers, _RESPONSE_NAMES))
-        if _already_read(lib, response):
+        if _already_read(response):
             return _read_response(lib, response, exchange)
         response.stream = self._body(response.stream, exchange)
         return response

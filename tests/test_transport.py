@@ -475,16 +475,28 @@ def test_no_key_in_spool_or_database(simulator):
 
 @pytest.mark.parametrize("lib", [httpx, httpx2])
 def test_a_response_already_read_is_told_from_a_stream_without_raising(lib):
-    class Unread:  # a response type without __dict__: asked the public way
+    class Watched(lib.Response):
+        """Notes a read of its ``__dict__``, which would turn its attributes into a plain
+        dict, slow to read for the rest of the response's life."""
+
+        dict_read = False
+
+        @property
+        def __dict__(self):
+            type(self).dict_read = True
+            return {}
+
+    class Unread:  # a response type that raises for an unread body
         __slots__ = ()
 
         @property
         def content(self):
             raise lib.ResponseNotRead()
 
-    assert _already_read(lib, lib.Response(200, content=b"{}"))
-    assert not _already_read(lib, lib.Response(200, stream=lib.ByteStream(b"{}")))
-    assert not _already_read(lib, Unread())
+    assert _already_read(Watched(200, content=b"{}"))
+    assert not _already_read(Watched(200, stream=lib.ByteStream(b"{}")))
+    assert not Watched.dict_read
+    assert not _already_read(Unread())
 
 
 def test_header_items_decode_as_httpx_does():
