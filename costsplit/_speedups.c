@@ -173,6 +173,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *source;   /* the body's chunks (an iterator) */
     PyObject *keep;     /* called with each raw chunk as it passes (the exchange keeps it) */
+    PyObject *kept;     /* the list when keep is its append (appended to directly), or NULL */
     PyObject *exchange; /* filters what the caller gets; NULL: every chunk passes as it is */
     Py_ssize_t left;    /* chunks still to take from source */
     int clean;          /* 1 or 0: whether the exchange is clean; -1: to ask (after a chunk
@@ -180,6 +181,18 @@ typedef struct {
 } KeptChunks;
 
 static PyTypeObject KeptChunksType;
+static PyCFunction list_append; /* what a list's bound append calls, told at import */
+
+/* The list whose bound append `keep` is, or NULL. */
+static PyObject *
+list_of_append(PyObject *keep)
+{
+    if (!PyCFunction_CheckExact(keep) || PyCFunction_GET_FUNCTION(keep) != list_append) {
+        return NULL;
+    }
+    PyObject *list = PyCFunction_GET_SELF(keep);
+    return list != NULL && PyList_CheckExact(list) ? list : NULL;
+}
 
 static PyObject *
 kept_chunks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -204,6 +217,7 @@ kept_chunks_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     self->source = iterator;
     self->keep = Py_NewRef(keep);
+    self->kept = Py_XNewRef(list_of_append(keep));
     self->exchange = exchange == Py_None ? NULL : Py_NewRef(exchange);
     self->left = limit;
     self->clean = -1; /* not asked yet */
@@ -216,6 +230,7 @@ kept_chunks_traverse(KeptChunks *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->source);
     Py_VISIT(self->keep);
+    Py_VISIT(self->kept);
     Py_VISIT(self->exchange);
     return 0;
 }
@@ -225,6 +240,7 @@ kept_chunks_clear(KeptChunks *self)
 {
     Py_CLEAR(self->source);
     Py_CLEAR(self->keep);
+    Py_CLEAR(self->kept);
     Py_CLEAR(self->exchange);
     return 0;
 }
@@ -246,12 +262,20 @@ kept_chunks_next(KeptChunks *self)
             return NULL; /* the body ended, or its error goes on to the caller */
         }
         self->left--;
-        PyObject *kept = PyObject_CallOneArg(self->keep, chunk);
-        if (kept == NULL) {
-            Py_DECREF(chunk);
-            return NULL;
+        if (self->kept != NULL) {
+            if (PyList_Append(self->kept, chunk) < 0) {
+                Py_DECREF(chunk);
+                return NULL;
+            }
         }
-        Py_DECREF(kept);
+        else {
+            PyObject *kept = PyObject_CallOneArg(self->keep, chunk);
+            if (kept == NULL) {
+                Py_DECREF(chunk);
+                return NULL;
+            }
+            Py_DECREF(kept);
+        }
         if (self->exchange == NULL) {
             return chunk;
         }
@@ -267,7 +291,7 @@ kept_chunks_next(KeptChunks *self)
         if (out == NULL) {
             return NULL;
         }
-        int nonempty = PyObject_IsTrue(out);
+        int nonempty = PyBytes_CheckExact(out) ? PyBytes_GET_SIZE(out) > 0 : PyObject_IsTrue(out);
         if (nonempty != 0) {
             if (nonempty < 0) {
                 Py_CLEAR(out);
@@ -778,6 +802,14 @@ PyInit__speedups(void)
     if (PyType_Ready(&KeptChunksType) < 0) {
         return NULL;
     }
+    PyObject *a_list = PyList_New(0);
+    PyObject *append = a_list == NULL ? NULL : PyObject_GetAttrString(a_list, "append");
+    Py_XDECREF(a_list);
+    if (append == NULL) {
+        return NULL;
+    }
+    list_append = PyCFunction_CheckExact(append) ? PyCFunction_GET_FUNCTION(append) : NULL;
+    Py_DECREF(append);
     PyObject *created = PyModule_Create(&module);
     if (created == NULL) {
         return NULL;

@@ -290,3 +290,20 @@ def test_the_package_keeps_chunks_in_c_and_passes_on_failures():
     assert kept == [b"data: 1\n\n"]
     with pytest.raises(TypeError):
         speedups.kept_chunks([], kept.append, None, 1, extra=True)
+    # A list's own append is done directly; any other keep is called.
+    seen = []
+    assert list(speedups.kept_chunks(iter([b"a", b"b"]), seen.append, None, 5)) == [b"a", b"b"]
+
+    class Noted(list):
+        def append(self, chunk):
+            super().append(chunk.upper())
+
+    noted = Noted()
+    assert list(speedups.kept_chunks(iter([b"a", b"b"]), noted.append, None, 5)) == [b"a", b"b"]
+    assert (seen, noted) == ([b"a", b"b"], [b"A", b"B"])
+
+    def refuse(chunk):
+        raise MemoryError("no room")
+
+    with pytest.raises(MemoryError, match="no room"):
+        next(speedups.kept_chunks(iter([b"a"]), refuse, None, 1))
