@@ -23,6 +23,7 @@ from costsplit.ingest import ingest_spool
 from costsplit.simulator import usage_for
 from costsplit.spool import spooled_lines
 from costsplit.transport import RecordingTransport, _already_read
+from costsplit.transport_httpx2 import Httpx2RecordingTransport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "dashscope"
 KEY = "sk-sim-default-intl"
@@ -254,6 +255,29 @@ def test_the_request_leaves_with_its_headers_but_ours_and_those_of_a_new_body(si
     assert [(e["scenario"], e["tags"]) for e in spooled(settings)] == [
         ("nightly", {"team": "finance"})
     ]
+
+
+@pytest.mark.parametrize("lib", [httpx, httpx2])
+def test_an_inner_transport_reads_the_new_body_as_content_as_stream_and_read(lib):
+    seen = []
+
+    class Inner(lib.BaseTransport):  # reads ``content`` first, as MockTransport does not
+        def handle_request(self, request):
+            seen.append((request.content, b"".join(request.stream), request.read()))
+            return lib.Response(200, json={"choices": []})
+
+    transport = (RecordingTransport if lib is httpx else Httpx2RecordingTransport)(
+        Inner(), sink=ListSink(), settings=load_settings()
+    )
+    with lib.Client(transport=transport) as client:
+        client.post(INTL + COMPATIBLE_CHAT, json={"model": "m", "stream": True})
+    [(content, streamed, read)] = seen
+    assert (
+        content
+        == streamed
+        == read
+        == (b'{"stream_options":{"include_usage":true},"model":"m","stream":true}')
+    )
 
 
 # -- reference fixtures replayed through the transport ---------------------------------------
