@@ -20,6 +20,9 @@
  * frozenset `names` or starts with `prefix`, decoded as ASCII (a UnicodeDecodeError otherwise,
  * which sends the caller to httpx's own decoding).
  *
+ * drop_headers(items, names, prefix) is the rest of that list: the items, as they are, of the
+ * headers pick_headers would not pick (what costsplit.transport._edit_headers keeps).
+ *
  * kept_chunks(source, keep, exchange, limit) iterates over at most `limit` chunks of a response
  * body: each raw chunk goes to keep(chunk) as it passes, and the caller gets it as it is, or,
  * when `exchange` is not None, as filter_chunk(exchange, chunk) gives it (empty results left
@@ -384,41 +387,59 @@ new_event_id(PyObject *module, PyObject *unused)
 
 /* -- headers ------------------------------------------------------------------------------ */
 
-static PyObject *
-pick_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+/* Whether an item of httpx's header list -- (raw name, lower-case name, value), all bytes --
+ * is named: its lower-case name is in `names` or starts with `prefix`; -1 with TypeError set
+ * for an item of another shape. */
+static int
+header_named(PyObject *item, PyObject *names, PyObject *prefix, const char *function)
+{
+    if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 3 ||
+        !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)) ||
+        !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 2))) {
+        PyErr_Format(PyExc_TypeError, "%s: an item is not (bytes, bytes, bytes)", function);
+        return -1;
+    }
+    PyObject *name = PyTuple_GET_ITEM(item, 1);
+    Py_ssize_t prefix_size = PyBytes_GET_SIZE(prefix);
+    if (PyBytes_GET_SIZE(name) >= prefix_size &&
+        memcmp(PyBytes_AS_STRING(name), PyBytes_AS_STRING(prefix), prefix_size) == 0) {
+        return 1;
+    }
+    return PySet_Contains(names, name);
+}
+
+static int
+header_arguments(PyObject *const *args, Py_ssize_t nargs, const char *usage)
 {
     if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyFrozenSet_CheckExact(args[1]) ||
         !PyBytes_CheckExact(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "pick_headers(list, frozenset, bytes)");
+        PyErr_SetString(PyExc_TypeError, usage);
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *
+pick_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!header_arguments(args, nargs, "pick_headers(list, frozenset, bytes)")) {
         return NULL;
     }
     PyObject *items = args[0], *names = args[1], *prefix = args[2];
-    const char *prefix_bytes = PyBytes_AS_STRING(prefix);
-    Py_ssize_t prefix_size = PyBytes_GET_SIZE(prefix);
     PyObject *picked = PyList_New(0);
     if (picked == NULL) {
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
         PyObject *item = PyList_GET_ITEM(items, i);
-        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 3 ||
-            !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 1)) ||
-            !PyBytes_CheckExact(PyTuple_GET_ITEM(item, 2))) {
-            PyErr_SetString(PyExc_TypeError, "pick_headers: an item is not (bytes, bytes, bytes)");
+        int wanted = header_named(item, names, prefix, "pick_headers");
+        if (wanted < 0) {
             goto failed;
-        }
-        PyObject *name = PyTuple_GET_ITEM(item, 1), *value = PyTuple_GET_ITEM(item, 2);
-        int wanted = PyBytes_GET_SIZE(name) >= prefix_size &&
-                     memcmp(PyBytes_AS_STRING(name), prefix_bytes, prefix_size) == 0;
-        if (!wanted) {
-            wanted = PySet_Contains(names, name);
-            if (wanted < 0) {
-                goto failed;
-            }
         }
         if (!wanted) {
             continue;
         }
+        PyObject *name = PyTuple_GET_ITEM(item, 1), *value = PyTuple_GET_ITEM(item, 2);
         PyObject *pair = PyTuple_New(2);
         if (pair == NULL) {
             goto failed;
@@ -441,6 +462,28 @@ pick_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 failed:
     Py_DECREF(picked);
     return NULL;
+}
+
+static PyObject *
+drop_headers(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!header_arguments(args, nargs, "drop_headers(list, frozenset, bytes)")) {
+        return NULL;
+    }
+    PyObject *items = args[0], *names = args[1], *prefix = args[2];
+    PyObject *kept = PyList_New(0);
+    if (kept == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        int named = header_named(item, names, prefix, "drop_headers");
+        if (named < 0 || (!named && PyList_Append(kept, item) < 0)) {
+            Py_DECREF(kept);
+            return NULL;
+        }
+    }
+    return kept;
 }
 
 /* -- event lines ---------------------------------------------------------------------------- */
@@ -766,6 +809,8 @@ static PyMethodDef methods[] = {
      "seed_event_ids(seed): seed the id generator with 32 bytes from os.urandom."},
     {"pick_headers", (PyCFunction)(void (*)(void))pick_headers, METH_FASTCALL,
      "pick_headers(items, names, prefix): the header pairs costsplit reads, decoded."},
+    {"drop_headers", (PyCFunction)(void (*)(void))drop_headers, METH_FASTCALL,
+     "drop_headers(items, names, prefix): the items of the other headers, as they are."},
     {"event_line", event_line, METH_O,
      "event_line(event): UsageEvent.to_json_line(), or None where the Python writer must."},
     {"set_event_fields", set_event_fields, METH_VARARGS,

@@ -95,10 +95,18 @@ def _pick_headers(
     ]
 
 
+def _drop_headers(
+    items: list[tuple[bytes, bytes, bytes]], names: frozenset[bytes], prefix: bytes
+) -> list[tuple[bytes, bytes, bytes]]:
+    """The rest of httpx's parsed list: the items, as they are, of the headers ``_pick_headers``
+    would not pick (compiled in ``costsplit/_speedups.c`` where it was built)."""
+    return [item for item in items if not item[1].startswith(prefix) and item[1] not in names]
+
+
 try:
-    from costsplit._speedups import pick_headers
+    from costsplit._speedups import drop_headers, pick_headers
 except ImportError:  # pragma: no cover - the same in Python
-    pick_headers = _pick_headers
+    drop_headers, pick_headers = _drop_headers, _pick_headers
 
 
 def header_items(
@@ -162,13 +170,14 @@ _BODY_NAMES = frozenset(name.encode() for name in BODY_HEADERS)
 def _edit_headers(headers: Any, exchange: Exchange) -> bool:
     """``exchange.outgoing_headers`` done in place on httpx's parsed list of a request's own
     copy of the headers (bytes: decoding and re-encoding the twenty headers of an openai SDK
-    request cost more than the rest of the copy); False when the list is not there."""
+    request cost more than the rest of the copy); False when the list is not there, or not
+    httpx's list of byte triples."""
+    dropped = _BODY_NAMES if exchange.request_body is not None else frozenset()
     try:
         items = headers._list
-    except AttributeError:
+        items[:] = drop_headers(items, dropped, _OURS)
+    except (AttributeError, IndexError, TypeError):
         return False
-    dropped = _BODY_NAMES if exchange.request_body is not None else frozenset()
-    items[:] = [item for item in items if not item[1].startswith(_OURS) and item[1] not in dropped]
     for name, value in exchange.body_headers():
         items.append((name.encode(), name.lower().encode(), value.encode()))
     return True

@@ -245,8 +245,25 @@ def test_compiled_and_python_header_picks_agree(pairs):
     assert speedups.pick_headers(items, names, prefix) == expected
 
 
+BODY_HEADER_NAMES = st.sampled_from([b"content-length", b"accept-encoding"])
+
+
+@given(
+    st.lists(st.tuples(HEADER_NAMES | BODY_HEADER_NAMES, HEADER_VALUES), max_size=8), st.booleans()
+)
+def test_compiled_and_python_header_drops_agree(pairs, new_body):
+    items = [(name.upper(), name, value) for name, value in pairs]  # as httpx parses them
+    names = transport._BODY_NAMES if new_body else frozenset()
+    kept = speedups.drop_headers(items, names, transport._OURS)
+    assert kept == transport._drop_headers(items, names, transport._OURS)
+    assert all(any(item is original for original in items) for item in kept)  # not copies
+
+
 def test_the_package_picks_headers_in_c_and_refuses_what_is_not_httpx_s_list():
     assert transport.pick_headers is speedups.pick_headers
+    assert transport.drop_headers is speedups.drop_headers
+    with pytest.raises(TypeError, match="drop_headers"):
+        speedups.drop_headers([(b"a", b"b")], transport._REQUEST_NAMES, transport._OURS)
     with pytest.raises(TypeError):
         speedups.pick_headers([(b"a", b"b")], transport._REQUEST_NAMES, transport._OURS)
     with pytest.raises(TypeError):
