@@ -119,7 +119,7 @@ may_be_object(const char *p, const char *end)
  * it is a data line holding an object (maybe the usage-only event); NULL (no error set) for
  * any other. The exchange must be clean (exchange_is_clean): this reads nothing of it. */
 static PyObject *
-cut_usage_null(PyObject *data)
+filter_usual_chunk(PyObject *data)
 {
     if (!PyBytes_CheckExact(data)) {
         return NULL;
@@ -156,7 +156,7 @@ cut_usage_null(PyObject *data)
 static PyObject *
 filter_one(PyObject *exchange, PyObject *data)
 {
-    PyObject *out = exchange_is_clean(exchange) ? cut_usage_null(data) : NULL;
+    PyObject *out = exchange_is_clean(exchange) ? filter_usual_chunk(data) : NULL;
     return out != NULL ? out : PyObject_CallMethodOneArg(exchange, filter_name, data);
 }
 
@@ -285,7 +285,7 @@ kept_chunks_next(KeptChunks *self)
         if (self->clean < 0) {
             self->clean = exchange_is_clean(self->exchange);
         }
-        PyObject *out = self->clean ? cut_usage_null(chunk) : NULL;
+        PyObject *out = self->clean ? filter_usual_chunk(chunk) : NULL;
         if (out == NULL) {
             out = PyObject_CallMethodOneArg(self->exchange, filter_name, chunk);
             self->clean = -1; /* Exchange.filter may carry a line over, or skip a blank one */

@@ -648,7 +648,7 @@ class Exchange:
             start = data.find(USAGE_NULL)
             if start < 0:  # passes as it is, unless it is the usage-only event
                 if data.startswith(b"data:") and (payload := _usage_only(data[5:])) is not None:
-                    self.usage_only = (data, payload)  # read again at the end: _stream_facts
+                    self.usage_only = (data, payload)  # its facts, at the end: _usual_end_facts
                     return b""
                 return data
             end = start + len(USAGE_NULL)
@@ -844,9 +844,11 @@ class Exchange:
         """The facts of a compatible stream that ends as Model Studio ends one — one chunk
         holding the usage event, one holding ``[DONE]``, each a whole event — read from that one
         event (parsed once: the filter keeps what it parsed); what ``parse_stream_tail`` finds
-        there. None for any other end. The caller checked that ``chunks[-3]`` ends an event."""
+        there. None for any other end, and for a stream of fewer than three chunks."""
         chunks = self.chunks
-        if self.api_style != "openai-compatible" or chunks[-1] not in DONE_EVENTS:
+        if len(chunks) < 3 or self.api_style != "openai-compatible":
+            return None
+        if chunks[-1] not in DONE_EVENTS:
             return None
         last = chunks[-2]
         if not (
