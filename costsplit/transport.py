@@ -188,8 +188,12 @@ def _already_read(response: Any) -> bool:
     property tests, told without raising (``content`` raises for a transport's usual, unread
     answer) and without reading ``response.__dict__`` (that turns the response's attributes
     into a plain dict, and each later one, as httpx's ``iter_raw`` reads and sets per chunk,
-    is then looked up the slow way)."""
-    return hasattr(response, "_content")
+    is then looked up the slow way). A response type whose attribute lookup fails otherwise
+    than by AttributeError counts as unread: recording then reads its body as it streams."""
+    try:
+        return hasattr(response, "_content")
+    except Exception:
+        return False
 
 
 def _read_response(lib: ModuleType, response: Any, exchange: Exchange) -> Any:

@@ -517,10 +517,15 @@ def test_a_response_already_read_is_told_from_a_stream_without_raising(lib):
         def content(self):
             raise lib.ResponseNotRead()
 
+    class Odd(lib.Response):
+        def __getattr__(self, name):
+            raise RuntimeError(f"no {name} here")
+
     assert _already_read(Watched(200, content=b"{}"))
     assert not _already_read(Watched(200, stream=lib.ByteStream(b"{}")))
     assert not Watched.dict_read
     assert not _already_read(Unread())
+    assert not _already_read(Odd(200, stream=lib.ByteStream(b"{}")))
 
 
 def test_header_items_decode_as_httpx_does():
