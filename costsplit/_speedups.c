@@ -29,6 +29,12 @@
  * out). One C iterator instead of five itertools layers per chunk; costsplit.transport holds
  * the same composed of itertools, where this was not built.
  *
+ * fill_usual_end(event, payload, headers, endpoint) is costsplit.record._fill_usual_end -- the
+ * request id, the model returned and the usage, reported, that a compatible stream's last
+ * event gives its event -- for the usage objects Model Studio sends (plain non-negative integer
+ * counts, details of one API style); for anything else it returns False, the event untouched,
+ * and Python does it.
+ *
  * event_line(event) returns what costsplit.events.UsageEvent.to_json_line returns -- the same
  * bytes orjson writes for the version-2 line -- or None when a value is of a type it does not
  * write (a float, a subclass, a nested container, an integer beyond 64 bits, a string that is
@@ -800,6 +806,282 @@ failed:
     return NULL;
 }
 
+
+/* -- the usual end of a stream ---------------------------------------------------------- */
+
+/* fill_usual_end(event, payload, headers, endpoint) is costsplit.record._fill_usual_end for the
+ * usage objects Model Studio sends: counts that are plain non-negative integers, under the
+ * plain keys and the details objects of one API style. It returns False, the event untouched,
+ * for anything else -- an error, no usage, a float, a negative or huge count, another key --
+ * and the caller then does it in Python. */
+
+#define MAX_COUNT 1000000000000000LL /* beyond this, Python's integers take over */
+
+enum { IN_TOTAL, OUT_TOTAL, TOTAL, CACHED, CACHE_CREATION, REASONING, IMAGE, AUDIO, VIDEO,
+       AUDIO_OUTPUT, COUNTS };
+
+static PyObject *usage_names[COUNTS]; /* the event's field of each count */
+static PyObject *cache_type_name, *usage_source_name, *request_id_name, *model_returned_name,
+    *image_count_name, *plugins_name, *reported_text;
+
+typedef struct {
+    const char *key;
+    int count; /* an index into the counts, or -1: cache_type */
+} DetailKey;
+
+static const DetailKey input_details[] = {
+    {"cached_tokens", CACHED}, {"cache_creation_input_tokens", CACHE_CREATION},
+    {"cache_type", -1},        {"image_tokens", IMAGE},
+    {"audio_tokens", AUDIO},   {"video_tokens", VIDEO},
+    {NULL, 0},
+};
+static const DetailKey output_details[] = {
+    {"reasoning_tokens", REASONING}, {"audio_tokens", AUDIO_OUTPUT}, {NULL, 0},
+};
+
+/* A count as usage._count reads it, for the values that are plain: 1 and *count set for an
+ * int (a negative one is no count: *count = -1), 0 for no value at all (absent, None, bool,
+ * text, ...: also no count), -1 for what the Python path must read (a float, a huge int). */
+static int
+plain_count(PyObject *value, long long *count)
+{
+    *count = -1;
+    if (value == NULL || value == Py_None) {
+        return 0;
+    }
+    if (PyFloat_Check(value)) {
+        return -1;
+    }
+    if (!PyLong_CheckExact(value)) {
+        return 0; /* bool, text, containers: _count gives None */
+    }
+    int overflow = 0;
+    long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow != 0 || number > MAX_COUNT || (number == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return -1;
+    }
+    *count = number >= 0 ? number : -1;
+    return 1;
+}
+
+/* The input (or output) total: `primary` when a non-negative int, else `secondary` as
+ * usage._first reads it; -1 in *count for none; returns -1 for the Python path. */
+static int
+first_count(PyObject *primary, PyObject *secondary, long long *count)
+{
+    long long value;
+    int kind = plain_count(primary, &value);
+    if (kind == 1 && value >= 0) {
+        *count = value;
+        return 1;
+    }
+    if (primary != NULL && primary != Py_None) {
+        return -1; /* a negative, a float or anything odd first: leave _first to Python */
+    }
+    kind = plain_count(secondary, &value);
+    if (kind < 0 || (kind == 0 && secondary != NULL && secondary != Py_None)) {
+        return -1;
+    }
+    *count = value;
+    return 1;
+}
+
+static int
+read_details(PyObject *details, const DetailKey *keys, long long *counts, PyObject **cache_type)
+{
+    if (!PyDict_Check(details)) {
+        return 1; /* normalise_usage skips details that are not an object */
+    }
+    Py_ssize_t at = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(details, &at, &key, &value)) {
+        if (!PyUnicode_Check(key)) {
+            continue;
+        }
+        for (const DetailKey *k = keys; k->key != NULL; k++) {
+            if (PyUnicode_CompareWithASCIIString(key, k->key) != 0) {
+                continue;
+            }
+            if (k->count < 0) {
+                *cache_type = PyUnicode_Check(value) ? value : empty_text;
+            }
+            else {
+                long long count;
+                if (plain_count(value, &count) < 0) {
+                    return -1;
+                }
+                counts[k->count] = count >= 0 ? count : 0;
+            }
+            break;
+        }
+    }
+    return 1;
+}
+
+/* usage.normalise_usage and Usage.consistent for a plain usage object: 1 with the counts and
+ * *cache_type set, 0 for no usage at all, -1 for the Python path. */
+static int
+plain_usage(PyObject *raw, PyObject *endpoint, long long *counts, PyObject **cache_type)
+{
+    if (!PyDict_CheckExact(raw)) {
+        return -1;
+    }
+    /* prompt, completion, input, output, total */
+    PyObject *plain[5] = {NULL, NULL, NULL, NULL, NULL};
+    static const char *plain_keys[5] = {"prompt_tokens", "completion_tokens", "input_tokens",
+                                        "output_tokens", "total_tokens"};
+    PyObject *details[4] = {NULL, NULL, NULL, NULL}; /* prompt_, completion_, input_, output_ */
+    static const char *detail_keys[4] = {"prompt_tokens_details", "completion_tokens_details",
+                                         "input_tokens_details", "output_tokens_details"};
+    Py_ssize_t at = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(raw, &at, &key, &value)) {
+        if (!PyUnicode_Check(key)) {
+            return -1;
+        }
+        int known = 0; /* compared whole: a key with a NUL inside is another key */
+        for (int i = 0; i < 5 && !known; i++) {
+            if (PyUnicode_CompareWithASCIIString(key, plain_keys[i]) == 0) {
+                plain[i] = value;
+                known = 1;
+            }
+        }
+        for (int i = 0; i < 4 && !known; i++) {
+            if (PyUnicode_CompareWithASCIIString(key, detail_keys[i]) == 0) {
+                details[i] = value;
+                known = 1;
+            }
+        }
+        if (!known) {
+            return -1; /* image_count, plugins, top-level subsets, anything else */
+        }
+    }
+    if ((details[0] || details[1]) && (details[2] || details[3])) {
+        return -1; /* both styles' details: the full lookup */
+    }
+    long long input, output, total;
+    if (first_count(plain[0], plain[2], &input) < 0 ||
+        first_count(plain[1], plain[3], &output) < 0 || plain_count(plain[4], &total) < 0) {
+        return -1;
+    }
+    if (input < 0 && output < 0) {
+        if (total < 0) {
+            return 0;
+        }
+        if (PyUnicode_CompareWithASCIIString(endpoint, "embedding") == 0) {
+            input = total;
+        }
+    }
+    for (int i = 0; i < COUNTS; i++) {
+        counts[i] = 0;
+    }
+    counts[IN_TOTAL] = input > 0 ? input : 0;
+    counts[OUT_TOTAL] = output > 0 ? output : 0;
+    counts[TOTAL] = total > 0 ? total : 0;
+    *cache_type = empty_text;
+    const DetailKey *styles[4] = {input_details, output_details, input_details, output_details};
+    for (int i = 0; i < 4; i++) {
+        if (details[i] != NULL && read_details(details[i], styles[i], counts, cache_type) < 0) {
+            return -1;
+        }
+    }
+    long long room = counts[IN_TOTAL]; /* Usage.consistent, in its order */
+    if (counts[CACHED] > room) {
+        counts[CACHED] = room;
+    }
+    if (counts[CACHE_CREATION] > room - counts[CACHED]) {
+        counts[CACHE_CREATION] = room - counts[CACHED];
+    }
+    if (counts[IMAGE] > room) {
+        counts[IMAGE] = room;
+    }
+    room -= counts[IMAGE];
+    if (counts[AUDIO] > room) {
+        counts[AUDIO] = room;
+    }
+    room -= counts[AUDIO];
+    if (counts[VIDEO] > room) {
+        counts[VIDEO] = room;
+    }
+    room = counts[OUT_TOTAL];
+    if (counts[REASONING] > room) {
+        counts[REASONING] = room;
+    }
+    if (counts[AUDIO_OUTPUT] > room - counts[REASONING]) {
+        counts[AUDIO_OUTPUT] = room - counts[REASONING];
+    }
+    if (counts[TOTAL] < counts[IN_TOTAL] + counts[OUT_TOTAL]) {
+        counts[TOTAL] = counts[IN_TOTAL] + counts[OUT_TOTAL];
+    }
+    return 1;
+}
+
+/* usage._text of payload[name]: the text, or the empty one (borrowed). */
+static PyObject *
+text_member(PyObject *mapping, const char *name)
+{
+    PyObject *value = PyDict_GetItemString(mapping, name);
+    return value != NULL && PyUnicode_Check(value) ? value : empty_text;
+}
+
+static PyObject *
+fill_usual_end(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyDict_Check(args[1]) || !PyDict_Check(args[2]) ||
+        !PyUnicode_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "fill_usual_end(event, dict, dict, str)");
+        return NULL;
+    }
+    PyObject *event = args[0], *payload = args[1], *headers = args[2], *endpoint = args[3];
+    if (!PyDict_CheckExact(payload)) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *error = PyDict_GetItemString(payload, "error");
+    PyObject *code = PyDict_GetItemString(payload, "code");
+    if ((error != NULL && PyDict_Check(error)) ||
+        (code != NULL && PyUnicode_Check(code) &&
+         PyDict_GetItemString(payload, "output") == NULL)) {
+        Py_RETURN_FALSE; /* an error envelope (maybe with an empty code): facts_of reads it */
+    }
+    PyObject *usage = PyDict_GetItemString(payload, "usage");
+    long long counts[COUNTS];
+    PyObject *cache_type = empty_text;
+    if (usage == NULL || plain_usage(usage, endpoint, counts, &cache_type) <= 0) {
+        Py_RETURN_FALSE;
+    }
+    PyObject *request_id = text_member(payload, "request_id");
+    if (PyUnicode_GET_LENGTH(request_id) == 0) {
+        request_id = text_member(headers, "x-request-id");
+    }
+    if (PyUnicode_GET_LENGTH(request_id) == 0) {
+        request_id = text_member(headers, "x-dashscope-request-id");
+    }
+    if (PyUnicode_GET_LENGTH(request_id) == 0) {
+        request_id = text_member(payload, "id");
+    }
+    PyObject *plugins = PyDict_New();
+    if (plugins == NULL) {
+        return NULL;
+    }
+    int failed = PyObject_SetAttr(event, request_id_name, request_id) < 0 ||
+                 PyObject_SetAttr(event, model_returned_name, text_member(payload, "model")) < 0 ||
+                 PyObject_SetAttr(event, usage_source_name, reported_text) < 0;
+    for (int i = 0; i < COUNTS && !failed; i++) {
+        PyObject *number = PyLong_FromLongLong(counts[i]);
+        failed = number == NULL || PyObject_SetAttr(event, usage_names[i], number) < 0;
+        Py_XDECREF(number);
+    }
+    failed = failed || PyObject_SetAttr(event, cache_type_name, cache_type) < 0 ||
+             PyObject_SetAttr(event, image_count_name, zero) < 0 ||
+             PyObject_SetAttr(event, plugins_name, plugins) < 0;
+    Py_DECREF(plugins);
+    if (failed) {
+        return NULL;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"filter_chunk", (PyCFunction)(void (*)(void))filter_chunk, METH_FASTCALL,
      "filter_chunk(exchange, data): exchange.filter(data), the usual chunk settled in C."},
@@ -811,6 +1093,8 @@ static PyMethodDef methods[] = {
      "pick_headers(items, names, prefix): the header pairs costsplit reads, decoded."},
     {"drop_headers", (PyCFunction)(void (*)(void))drop_headers, METH_FASTCALL,
      "drop_headers(items, names, prefix): the items of the other headers, as they are."},
+    {"fill_usual_end", (PyCFunction)(void (*)(void))fill_usual_end, METH_FASTCALL,
+     "fill_usual_end(event, payload, headers, endpoint): record._fill_usual_end, plain usage."},
     {"event_line", event_line, METH_O,
      "event_line(event): UsageEvent.to_json_line(), or None where the Python writer must."},
     {"set_event_fields", set_event_fields, METH_VARARGS,
@@ -845,6 +1129,27 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyType_Ready(&KeptChunksType) < 0) {
+        return NULL;
+    }
+    static const char *count_fields[COUNTS] = {
+        "input_tokens",  "output_tokens", "total_tokens", "cached_tokens", "cache_creation_tokens",
+        "reasoning_tokens", "image_tokens", "audio_tokens", "video_tokens", "audio_output_tokens"};
+    for (int i = 0; i < COUNTS; i++) {
+        usage_names[i] = PyUnicode_InternFromString(count_fields[i]);
+        if (usage_names[i] == NULL) {
+            return NULL;
+        }
+    }
+    cache_type_name = PyUnicode_InternFromString("cache_type");
+    usage_source_name = PyUnicode_InternFromString("usage_source");
+    request_id_name = PyUnicode_InternFromString("request_id");
+    model_returned_name = PyUnicode_InternFromString("model_returned");
+    image_count_name = PyUnicode_InternFromString("image_count");
+    plugins_name = PyUnicode_InternFromString("plugins");
+    reported_text = PyUnicode_InternFromString("reported");
+    if (cache_type_name == NULL || usage_source_name == NULL || request_id_name == NULL ||
+        model_returned_name == NULL || image_count_name == NULL || plugins_name == NULL ||
+        reported_text == NULL) {
         return NULL;
     }
     PyObject *a_list = PyList_New(0);

@@ -768,6 +768,8 @@ class Exchange:
         event.http_status = self.status
         encoding = self.response_headers.get("content-encoding")
         if self.sse and 200 <= self.status < 300 and not encoding:
+            if self._usual_end():
+                return
             facts = self._stream_facts()
             body = None
         else:
@@ -824,9 +826,6 @@ class Exchange:
         than parsing its end."""
         chunks = self.chunks
         if len(chunks) > TAIL_CHUNKS and chunks[-TAIL_CHUNKS - 1].endswith(b"\n\n"):
-            facts = self._usual_end_facts()
-            if facts is not None:
-                return facts
             # The tail starts at an event boundary, so its events parse as in the whole.
             facts = parse_stream_tail(
                 b"".join(chunks[-TAIL_CHUNKS:]),
@@ -840,16 +839,16 @@ class Exchange:
             b"".join(chunks), self.api_style, choices=self.choices, endpoint=self.endpoint
         )
 
-    def _usual_end_facts(self) -> BodyFacts | None:
-        """The facts of a compatible stream that ends as Model Studio ends one — one chunk
-        holding the usage event, one holding ``[DONE]``, each a whole event — read from that one
-        event (parsed once: the filter keeps what it parsed); what ``parse_stream_tail`` finds
-        there. None for any other end, and for a stream of fewer than three chunks."""
+    def _usual_end(self) -> bool:
+        """Fill the event of a compatible stream that ends as Model Studio ends one — a chunk
+        holding the usage event, then one holding ``[DONE]``, each a whole event, after a
+        chunk that ends an event — from that one event, parsed once (the filter keeps what it
+        parsed); False, the event untouched, for any other end (``_stream_facts`` reads it)."""
         chunks = self.chunks
         if len(chunks) < 3 or self.api_style != "openai-compatible":
-            return None
+            return False
         if chunks[-1] not in DONE_EVENTS:
-            return None
+            return False
         last = chunks[-2]
         if not (
             last.startswith(b"data:")
@@ -857,16 +856,12 @@ class Exchange:
             and last.endswith(b"\n\n")
             and chunks[-3].endswith(b"\n\n")
         ):
-            return None
+            return False
         kept = self.usage_only
         payload = kept[1] if kept is not None and kept[0] is last else load_json(last[5:])
         if not isinstance(payload, dict):
-            return None
-        facts = facts_of(payload, self.endpoint)
-        if facts.usage is None or facts.error_code:
-            return None
-        facts.done = True
-        return facts
+            return False
+        return fill_usual_end(self.event, payload, self.response_headers, self.endpoint)
 
     def _header_request_id(self) -> str:
         return request_id_from_headers(self.response_headers)
@@ -880,21 +875,7 @@ class Exchange:
         if usage is None:
             self.event.usage_source = "missing"
             return
-        event = self.event
-        event.usage_source = source
-        event.input_tokens = usage.input_tokens
-        event.output_tokens = usage.output_tokens
-        event.total_tokens = usage.total_tokens
-        event.cached_tokens = usage.cached_tokens
-        event.cache_creation_tokens = usage.cache_creation_tokens
-        event.cache_type = usage.cache_type
-        event.reasoning_tokens = usage.reasoning_tokens
-        event.image_tokens = usage.image_tokens
-        event.audio_tokens = usage.audio_tokens
-        event.video_tokens = usage.video_tokens
-        event.audio_output_tokens = usage.audio_output_tokens
-        event.image_count = usage.image_count
-        event.plugins = usage.plugins
+        _fill_usage(self.event, usage, source)
 
     def _input_estimate(self) -> int:
         body = self.request_bytes
@@ -908,6 +889,40 @@ class Exchange:
             body = body[body.find(b"\n") + 1 :]  # the tail's first line may be a fragment
         text.feed(body, self.api_style)
         return text.estimate(self._input_estimate())
+
+
+def _fill_usage(event: UsageEvent, usage: Usage, source: str) -> None:
+    event.usage_source = source
+    event.input_tokens = usage.input_tokens
+    event.output_tokens = usage.output_tokens
+    event.total_tokens = usage.total_tokens
+    event.cached_tokens = usage.cached_tokens
+    event.cache_creation_tokens = usage.cache_creation_tokens
+    event.cache_type = usage.cache_type
+    event.reasoning_tokens = usage.reasoning_tokens
+    event.image_tokens = usage.image_tokens
+    event.audio_tokens = usage.audio_tokens
+    event.video_tokens = usage.video_tokens
+    event.audio_output_tokens = usage.audio_output_tokens
+    event.image_count = usage.image_count
+    event.plugins = usage.plugins
+
+
+def _fill_usual_end(
+    event: UsageEvent, payload: dict[str, Any], headers: dict[str, str], endpoint: str
+) -> bool:
+    """What ``Exchange._complete`` does with the facts of a compatible stream's last event
+    when they hold a usage and no error: the request id, the model returned and the usage,
+    reported. False, the event untouched, when they do not (compiled in
+    ``costsplit/_speedups.c`` where it was built, for the usage objects Model Studio sends).
+    """
+    facts = facts_of(payload, endpoint)
+    if facts.usage is None or facts.error_code:
+        return False
+    event.request_id = facts.request_id or request_id_from_headers(headers) or facts.response_id
+    event.model_returned = facts.model
+    _fill_usage(event, facts.usage, "reported")
+    return True
 
 
 def _decoded(body: bytes, encoding: str) -> bytes:
@@ -964,10 +979,10 @@ class _PassThrough(Exchange):
         return
 
 
-try:  # the compiled fast path, where a C compiler built it at install
-    from costsplit._speedups import filter_chunk
+try:  # the compiled fast paths, where a C compiler built them at install
+    from costsplit._speedups import fill_usual_end, filter_chunk
 except ImportError:  # pragma: no cover - the same in Python
-    filter_chunk = Exchange.filter
+    filter_chunk, fill_usual_end = Exchange.filter, _fill_usual_end
 """``filter_chunk(exchange, data)`` is ``exchange.filter(data)``; adapters ``map`` it over
 chunks, so that the usual chunk runs no Python code."""
 

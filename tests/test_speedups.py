@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from costsplit import events, record, transport
@@ -324,3 +324,121 @@ def test_the_package_keeps_chunks_in_c_and_passes_on_failures():
 
     with pytest.raises(MemoryError, match="no room"):
         next(speedups.kept_chunks(iter([b"a"]), refuse, None, 1))
+
+
+# -- the usual end of a stream ------------------------------------------------------------
+
+COUNT = (
+    st.integers(-3, 3000)
+    | st.integers(10**15 - 2, 10**19)
+    | st.floats(-2, 3000, allow_nan=False)
+    | st.booleans()
+    | st.none()
+    | st.sampled_from(["", "12"])
+)
+DETAIL_KEYS = [
+    "cached_tokens", "cache_creation_input_tokens", "image_tokens", "audio_tokens",
+    "video_tokens", "reasoning_tokens", "text_tokens", "cached_tokens\0",
+]  # fmt: skip
+DETAILS = (
+    st.dictionaries(st.sampled_from(DETAIL_KEYS), COUNT, max_size=4).flatmap(
+        lambda d: st.sampled_from([d, {**d, "cache_type": "ephemeral"}, {**d, "cache_type": 5}])
+    )
+    | COUNT
+)
+PLAIN_KEYS = ["prompt_tokens", "completion_tokens", "input_tokens", "output_tokens", "total_tokens"]
+DETAIL_OBJECTS = [
+    "prompt_tokens_details", "completion_tokens_details",
+    "input_tokens_details", "output_tokens_details",
+]  # fmt: skip
+USAGE = st.fixed_dictionaries(
+    {},
+    optional={
+        **{key: COUNT for key in PLAIN_KEYS},
+        **{key: DETAILS for key in DETAIL_OBJECTS},
+        "image_count": COUNT,
+        "plugins": st.just({"search": {"count": 1}}),
+        "cached_tokens": COUNT,
+        "prompt_tokens\0": COUNT,
+    },
+)
+TEXT = st.sampled_from(["", "chatcmpl-1", "qwen-plus"])
+PAYLOADS = st.fixed_dictionaries(
+    {"choices": st.just([])},
+    optional={
+        "usage": USAGE | COUNT,
+        "model": TEXT | COUNT,
+        "id": TEXT | st.none(),
+        "request_id": TEXT | COUNT,
+        "error": st.sampled_from([{}, {"code": "Throttling"}, {"type": "x", "id": "e"}, "x"]),
+        "code": TEXT | COUNT,
+        "output": st.just({}),
+    },
+)
+HEADERS = st.fixed_dictionaries(
+    {},
+    optional={
+        "x-request-id": st.sampled_from(["", "r-header"]),
+        "x-dashscope-request-id": st.sampled_from(["", "r-dashscope"]),
+    },
+)
+# As Model Studio sends them (either style), with counts at and past the compiled path's edges.
+INT = st.integers(0, 5000) | st.integers(-2, -1) | st.integers(10**15 - 2, 10**15 + 2)
+PLAIN_DETAILS = st.dictionaries(
+    st.sampled_from([*DETAIL_KEYS, "cache_type"]), INT | st.sampled_from(["ephemeral", ""])
+)
+PLAIN_USAGE = st.fixed_dictionaries(
+    {"prompt_tokens": INT, "completion_tokens": INT},
+    optional={
+        "total_tokens": INT,
+        "prompt_tokens_details": PLAIN_DETAILS,
+        "completion_tokens_details": PLAIN_DETAILS,
+    },
+) | st.fixed_dictionaries(
+    {"input_tokens": INT},
+    optional={
+        "output_tokens": INT,
+        "total_tokens": INT,
+        "input_tokens_details": PLAIN_DETAILS,
+        "output_tokens_details": PLAIN_DETAILS,
+    },
+)
+PLAIN_PAYLOADS = st.fixed_dictionaries(
+    {"choices": st.just([]), "usage": PLAIN_USAGE, "model": TEXT, "id": TEXT},
+    optional={"request_id": st.sampled_from(["", "r-body"])},
+)
+
+
+@settings(max_examples=400)
+@given(PLAIN_PAYLOADS | PAYLOADS, HEADERS, st.sampled_from(["chat", "embedding"]))
+def test_compiled_and_python_usual_ends_agree(payload, headers, endpoint):
+    compiled, python = events.UsageEvent(event_id="e"), events.UsageEvent(event_id="e")
+    filled = speedups.fill_usual_end(compiled, payload, headers, endpoint)
+    expected = record._fill_usual_end(python, payload, headers, endpoint)
+    if filled:  # the compiled path fills only what Python fills, and fills it alike
+        assert expected and compiled == python
+    else:  # anything else is left to Python, the event untouched
+        assert compiled == events.UsageEvent(event_id="e")
+
+
+def test_the_usual_end_of_model_studio_s_streams_is_filled_in_c():
+    assert record.fill_usual_end is speedups.fill_usual_end
+    usage = {
+        "prompt_tokens": 3019,
+        "completion_tokens": 420,
+        "total_tokens": 3439,
+        "prompt_tokens_details": {"cached_tokens": 2048, "cache_type": "ephemeral"},
+        "completion_tokens_details": {"reasoning_tokens": 311},
+    }
+    payload = {"choices": [], "usage": usage, "model": "qwen-plus", "id": "chatcmpl-1"}
+    event = events.UsageEvent()
+    assert speedups.fill_usual_end(event, payload, {"x-request-id": "r-1"}, "chat")
+    assert (event.request_id, event.model_returned, event.usage_source) == (
+        "r-1",
+        "qwen-plus",
+        "reported",
+    )
+    assert (event.input_tokens, event.cached_tokens, event.cache_type) == (3019, 2048, "ephemeral")
+    assert (event.output_tokens, event.reasoning_tokens, event.total_tokens) == (420, 311, 3439)
+    with pytest.raises(TypeError, match="fill_usual_end"):
+        speedups.fill_usual_end(event, payload, None, "chat")
