@@ -786,7 +786,15 @@ class Exchange:
             event.request_id = facts.request_id or self._header_request_id() or facts.response_id
             return
         if not self.sse:
-            facts = parse_body(body, self.endpoint)
+            payload = load_json(body)
+            if (
+                how == "end"
+                and self.api_style == "openai-compatible"
+                and isinstance(payload, dict)
+                and fill_usual_end(event, payload, self.response_headers, self.endpoint)
+            ):
+                return  # a compatible answer with its usage: filled as a stream's usual end
+            facts = facts_of(payload, self.endpoint)
             event.request_id = facts.request_id or self._header_request_id() or facts.response_id
             event.model_returned = facts.model if self.api_style == "openai-compatible" else ""
             if how == "end":

@@ -446,6 +446,52 @@ def test_a_stream_gives_the_same_event_read_chunk_by_chunk_or_whole(end, asked, 
     assert events[0] == events[1]
 
 
+ANSWER_USAGE = st.none() | st.fixed_dictionaries(
+    {"prompt_tokens": st.integers(-1, 99), "completion_tokens": st.integers(0, 99)},
+    optional={
+        "total_tokens": st.integers(-1, 300) | st.floats(0, 9),
+        "prompt_tokens_details": st.dictionaries(
+            st.sampled_from(["cached_tokens", "cache_type", "image_tokens"]),
+            st.integers(-1, 150) | st.just("ephemeral"),
+        ),
+        "plugins": st.just({"search": {"count": 1}}),
+    },
+)
+ANSWER_EXTRAS = st.sampled_from(
+    [{}, {"model": 5}, {"code": "x"}, {"request_id": "r-body"}, {"error": {"code": "E"}}, {"id": 7}]
+)
+
+
+@given(ANSWER_USAGE, ANSWER_EXTRAS, st.sampled_from(["chat", "native"]), st.booleans())
+def test_an_answer_gives_the_same_event_with_or_without_the_compiled_fill(
+    usage, extras, style, streamed
+):
+    # Non-streamed bodies and streams' usage events, compatible and native: the event does not
+    # depend on which path filled it.
+    answer = {"id": "chatcmpl-1", "model": "qwen-plus", "choices": [], **extras}
+    if usage is not None:
+        answer["usage"] = usage
+    body = b'{"model":"qwen-plus","stream":true}' if streamed else b'{"model":"qwen-plus"}'
+    data = orjson.dumps(answer)
+    if streamed:
+        data = b"".join(STREAM_EVENTS[:2]) + b"data: " + data + b"\n\ndata: [DONE]\n\n"
+    events = []
+    for compiled in (True, False):
+        with pytest.MonkeyPatch.context() as patch:
+            if not compiled:
+                patch.setattr(record, "fill_usual_end", lambda *args: False)
+            rec, sink = recorder()
+            ex = rec.begin("POST", CHAT if style == "chat" else NATIVE, headers(), body)
+            content_type = "text/event-stream" if streamed else "application/json"
+            ex.response(200, [("content-type", content_type), ("x-request-id", "r-header")])
+            for piece in [data] if not streamed else data.split(b"\n\n")[:-1]:
+                ex.chunk(piece + (b"\n\n" if streamed else b""))
+            ex.end()
+            [event] = sink
+            events.append(stable(event))
+    assert events[0] == events[1]
+
+
 def test_caller_asked_for_usage_gets_it():
     rec, _ = recorder()
     body = b'{"model":"m","stream":true,"stream_options":{"include_usage":true}}'
