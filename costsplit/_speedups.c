@@ -30,10 +30,10 @@
  * the same composed of itertools, where this was not built.
  *
  * fill_usual_end(event, payload, headers, endpoint) is costsplit.record._fill_usual_end -- the
- * request id, the model returned and the usage, reported, that a compatible stream's last
- * event gives its event -- for the usage objects Model Studio sends (plain non-negative integer
- * counts, details of one API style); for anything else it returns False, the event untouched,
- * and Python does it.
+ * request id, the model returned and the usage, reported, that a compatible answer's last JSON
+ * (a stream's usage event, a non-streamed body) gives its event -- for the usage objects Model
+ * Studio sends (plain non-negative integer counts, details of one API style); for anything
+ * else it returns False, the event untouched, and Python does it.
  *
  * event_line(event) returns what costsplit.events.UsageEvent.to_json_line returns -- the same
  * bytes orjson writes for the version-2 line -- or None when a value is of a type it does not

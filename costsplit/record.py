@@ -919,10 +919,11 @@ def _fill_usage(event: UsageEvent, usage: Usage, source: str) -> None:
 def _fill_usual_end(
     event: UsageEvent, payload: dict[str, Any], headers: dict[str, str], endpoint: str
 ) -> bool:
-    """What ``Exchange._complete`` does with the facts of a compatible stream's last event
-    when they hold a usage and no error: the request id, the model returned and the usage,
-    reported. False, the event untouched, when they do not (compiled in
-    ``costsplit/_speedups.c`` where it was built, for the usage objects Model Studio sends).
+    """What ``Exchange._complete`` does with the facts of a compatible answer's last JSON (a
+    stream's usage event, a non-streamed body that ended whole) when they hold a usage and no
+    error: the request id, the model returned and the usage, reported. False, the event
+    untouched, when they do not (compiled in ``costsplit/_speedups.c`` where it was built, for
+    the usage objects Model Studio sends).
     """
     facts = facts_of(payload, endpoint)
     if facts.usage is None or facts.error_code:
