@@ -117,6 +117,9 @@ STREAM_PIECES = st.one_of(
 )
 
 
+CUTS = st.lists(st.integers(0, 600), max_size=8)  # where a stream's bytes are cut
+
+
 def cut_into_chunks(events: list[bytes], cuts: list[int]) -> list[bytes]:
     """The events as they arrive: as they are without cuts, else their bytes cut at ``cuts``."""
     data = b"".join(events)
@@ -130,7 +133,7 @@ def cut_into_chunks(events: list[bytes], cuts: list[int]) -> list[bytes]:
         min_size=1,
         max_size=10,
     ),
-    cuts=st.lists(st.integers(0, 600), max_size=8),
+    cuts=CUTS,
 )
 def test_compiled_and_python_filters_agree_on_any_bytes_however_cut(events, cuts):
     chunks = cut_into_chunks(events, cuts)
@@ -276,7 +279,7 @@ def test_the_package_picks_headers_in_c_and_refuses_what_is_not_httpx_s_list():
         min_size=0,
         max_size=12,
     ),
-    cuts=st.lists(st.integers(0, 600), max_size=8),
+    cuts=CUTS,
     limit=st.integers(0, 14),
     filtering=st.booleans(),
 )
